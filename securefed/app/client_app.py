@@ -1,0 +1,108 @@
+"""The securefed ClientApp (Flower Message API).
+
+``train``: load the global adapter payload, train locally, reply with the new payload
+(only the method's trainable tensors, keyed by name) and metrics.
+``evaluate``: load the global payload and report loss/accuracy on the client's local
+validation split (federated evaluation).
+
+The experiment config comes from ``context.run_config`` (see
+:func:`securefed.app.settings.config_from_run_config`), the client's partition from
+``context.node_config["partition-id"]``. Client-side privacy steps (clipping, masking,
+encryption) attach as Flower mods around these handlers in later issues; the order is
+documented in ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from securefed.app.runtime import client_data, tuned_model
+from securefed.app.settings import config_from_run_config, partition_id_of
+from securefed.exceptions import PayloadError
+from securefed.training import evaluate, train_local
+from strategies.records import payload_to_record, record_to_payload
+
+__all__ = ["app", "handle_evaluate", "handle_train"]
+
+app = ClientApp()
+
+
+def _global_payload(msg: Message) -> dict:
+    records = msg.content.array_records
+    if "arrays" not in records:
+        raise PayloadError(f"message lacks ArrayRecord 'arrays'; has {list(records)}")
+    return record_to_payload(records["arrays"])
+
+
+def _threads(n: int) -> None:
+    if n and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def handle_train(msg: Message, context: Context) -> Message:
+    """Train the global adapter on this client's partition and reply with it."""
+    config = config_from_run_config(context.run_config)
+    _threads(config.train.torch_threads)
+    pid = partition_id_of(context)
+    tm = tuned_model(config)
+    data = client_data(config, pid)
+    tm.load(_global_payload(msg))
+    server_round = int(msg.content.config_records["config"].get("server-round", 0))
+    started = time.perf_counter()
+    steps = 0
+    loss = acc = 0.0
+    for epoch in range(config.train.local_epochs):
+        res = train_local(
+            tm.model,
+            data.train_batches(config.train.batch_size,
+                               epoch=server_round * 1000 + epoch,
+                               seed=config.experiment.seed),
+            lr=config.train.lr,
+            weight_decay=config.train.weight_decay,
+            max_steps=config.train.max_steps,
+        )
+        steps += res.steps
+        loss, acc = res.loss, res.accuracy
+    metrics = MetricRecord({
+        "num-examples": len(data.train),
+        "train-loss": loss,
+        "train-accuracy": acc,
+        "train-steps": steps,
+        "train-seconds": time.perf_counter() - started,
+    })
+    content = RecordDict({"arrays": payload_to_record(tm.payload()), "metrics": metrics})
+    return Message(content, reply_to=msg)
+
+
+def handle_evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global adapter on this client's local validation split."""
+    config = config_from_run_config(context.run_config)
+    _threads(config.train.torch_threads)
+    tm = tuned_model(config)
+    data = client_data(config, partition_id_of(context))
+    tm.load(_global_payload(msg))
+    res = evaluate(tm.model, data.val.batches(config.train.eval_batch_size, shuffle=False))
+    empty = res.num_examples == 0
+    metrics = MetricRecord({
+        "num-examples": res.num_examples,
+        "eval-loss": 0.0 if empty else res.loss,
+        "eval-accuracy": 0.0 if empty else res.accuracy,
+    })
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Flower entry point for ``train`` messages."""
+    return handle_train(msg, context)
+
+
+@app.evaluate()
+def evaluate_handler(msg: Message, context: Context) -> Message:
+    """Flower entry point for ``evaluate`` messages."""
+    return handle_evaluate(msg, context)
+

@@ -1,0 +1,156 @@
+"""An in-process :class:`flwr.serverapp.Grid` for unit tests and fast sweeps.
+
+It runs the *same* ServerApp and ClientApp code as Flower's simulation engine and a
+SuperLink/SuperNode deployment: ``send_and_receive`` hands every message to the real
+:class:`flwr.clientapp.ClientApp` (mods included) with a per-node
+:class:`flwr.app.Context` that persists across rounds, exactly as a SuperNode keeps its
+context. Messages pass through Flower's own object serialisation in both directions
+(deflate, then inflate), so neither side can mutate what the other holds and the bytes
+are those a real transport carries. No Flower processes, no Ray.
+
+It is not a privacy boundary and not a replacement for integration tests through real
+Flower; it exists so that the app logic can be exercised in seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Mapping
+from uuid import uuid4
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.run import Run
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+from flwr.supercore.task_identity import TaskIdentity
+
+__all__ = ["InProcessGrid", "transport"]
+
+UserConfig = Mapping[str, str | int | float | bool]
+
+
+def transport(msg: Message) -> Message:
+    """A copy of ``msg`` as the receiver would get it over Flower's transport.
+
+    The content is deflated into Flower's object tree and inflated again, exactly the
+    serialisation a SuperLink round trip applies; the metadata is copied.
+    """
+    metadata = copy.deepcopy(msg.metadata)
+    if msg.has_error():
+        return Message(error=copy.deepcopy(msg.error), metadata=metadata)
+    objects = get_all_nested_objects(msg.content)
+    contents = {oid: obj.deflate() for oid, obj in objects.items()}
+    content = inflate_object_from_contents(msg.content.object_id, contents)
+    assert isinstance(content, RecordDict)
+    return Message(content=content, metadata=metadata)
+
+
+class InProcessGrid(Grid):
+    """Deliver messages to a :class:`ClientApp` in this process.
+
+    Parameters
+    ----------
+    client_app : ClientApp
+        The app whose handlers serve every node.
+    num_nodes : int
+        Number of virtual SuperNodes; node ``i`` gets ``partition-id = i``.
+    run_config : mapping
+        The run config every node sees (as Flower's ``context.run_config``).
+    run_id : int
+        Identifier of this run.
+    drop : callable, optional
+        ``drop(message) -> bool``; a message for which it returns True gets no reply,
+        as when a node vanishes. For dropout tests.
+    """
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        run_config: UserConfig,
+        *,
+        run_id: int = 1,
+        drop: Callable[[Message], bool] | None = None,
+    ) -> None:
+        if num_nodes < 1:
+            raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+        if TaskIdentity._run_id is None:  # what a ServerApp process gets from Flower
+            TaskIdentity.run_id = run_id
+            TaskIdentity.node_id = SUPERLINK_NODE_ID
+            TaskIdentity.task_id = 0
+        self.client_app = client_app
+        self.drop = drop
+        self._run = Run.create_empty(run_id)
+        self._run.override_config = dict(run_config)
+        self._node_ids = [1000 + i for i in range(num_nodes)]
+        self.contexts = {
+            node_id: Context(
+                run_id=run_id,
+                node_id=node_id,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for i, node_id in enumerate(self._node_ids)
+        }
+        self._replies: dict[str, Message] = {}
+
+    def set_run(self, run: Run) -> None:
+        """Replace the run this grid serves."""
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        """The run this grid serves."""
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Build an instruction message (kept for the abstract interface)."""
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """The virtual SuperNodes' ids."""
+        return list(self._node_ids)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Run each message through the ClientApp now; keep the replies for pulling."""
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())
+            msg.metadata.__dict__["_created_at"] = time.time()
+            node = msg.metadata.dst_node_id
+            if node not in self.contexts:
+                raise ValueError(f"message for unknown node {node}")
+            ids.append(msg.metadata.message_id)
+            if self.drop is not None and self.drop(msg):
+                continue
+            delivered = transport(msg)
+            try:
+                reply = self.client_app(delivered, self.contexts[node])
+            except Exception as exc:  # a crashing ClientApp becomes an error reply
+                reason = f"{type(exc).__name__}: {exc}"
+                reply = Message(Error(code=0, reason=reason), reply_to=delivered)
+            self._replies[msg.metadata.message_id] = transport(reply)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Return (and forget) the replies to ``message_ids`` that exist."""
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push, then pull every reply (dropped nodes simply do not reply)."""
+        return list(self.pull_messages(list(self.push_messages(messages))))
+

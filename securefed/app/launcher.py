@@ -1,0 +1,265 @@
+"""Running an experiment: Flower's simulation engine, or the in-process grid.
+
+``run_simulation`` drives real Flower for the user, the way ``flwr run`` would, but
+owns every process it starts:
+
+1. it writes a tiny Flower app folder into the run directory whose
+   ``[tool.flwr.app.config]`` points at the resolved securefed config;
+2. it gives the run its own ``FLWR_HOME`` with a connection to a SuperLink it starts
+   itself (``flower-superlink --simulation`` on free loopback ports, runtime
+   dependency installation, update checks and telemetry off);
+3. it runs ``flwr run <app> securefed --stream`` and tees the log to
+   ``flower.log``;
+4. it stops the ``flwr run`` process and the SuperLink (with the simulation process
+   it spawned) **by PID / process group**, also on Ctrl-C or an error.
+
+``run_inprocess`` runs the same ServerApp and ClientApp code through
+:class:`securefed.app.grid.InProcessGrid`, for tests and fast sweeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from securefed.config import ExperimentConfig
+from securefed.exceptions import SecurefedError
+
+__all__ = ["RunFailedError", "preflight", "run_inprocess", "run_simulation", "stop_process_group"]
+
+FLOWER_LOG = "flower.log"
+
+
+class RunFailedError(SecurefedError):
+    """A federated run ended without a completed ``summary.json``."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RunFailedError(f"flower-superlink exited early with code {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.2)
+    raise RunFailedError(f"flower-superlink did not open port {port} within {timeout:.0f} s")
+
+
+def stop_process_group(proc: subprocess.Popen[Any], *, grace: float = 10.0) -> None:
+    """Stop ``proc`` and its process group (started with ``start_new_session``).
+
+    SIGTERM first, SIGKILL after ``grace`` seconds. Only the group whose id is
+    ``proc.pid`` is signalled: nothing is ever killed by name.
+    """
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # leftovers in the group (simulation process)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+
+
+def _bin(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _flower_env(flwr_home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        HF_HUB_OFFLINE=env.get("HF_HUB_OFFLINE", "1"),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _write_app(app_dir: Path, config_file: Path, run_dir: Path) -> None:
+    app_dir.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "project": {"name": "securefed-run", "version": "1.0.0",
+                    "description": "securefed experiment", "dependencies": []},
+        "tool": {"flwr": {"app": {
+            "publisher": "securefed",
+            "components": {"serverapp": "securefed.app.server_app:app",
+                           "clientapp": "securefed.app.client_app:app"},
+            "config": {"config-file": str(config_file), "run-dir": str(run_dir)},
+        }}},
+    }
+    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(doc))
+
+
+def _write_connection(flwr_home: Path, control_port: int, config: ExperimentConfig,
+                      num_cpus: float) -> None:
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    doc = {"superlink": {
+        "default": "securefed",
+        "securefed": {
+            "address": f"127.0.0.1:{control_port}",
+            "insecure": True,
+            "options": {
+                "num-supernodes": config.data.num_clients,
+                "backend": {"client-resources": {"num-cpus": num_cpus, "num-gpus": 0.0}},
+            },
+        },
+    }}
+    (flwr_home / "config.toml").write_text(tomli_w.dumps(doc))
+
+
+@contextlib.contextmanager
+def _superlink(run_dir: Path, env: dict[str, str]) -> Iterator[int]:
+    control, http, fleet = _free_port(), _free_port(), _free_port()
+    cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+           "--control-api-address", f"127.0.0.1:{control}", "--host", "127.0.0.1",
+           "--port", str(http), "--fleet-api-address", f"127.0.0.1:{fleet}",
+           "--disable-runtime-dependency-installation",
+           "--log-file", str(run_dir / "superlink.log")]
+    with (run_dir / "superlink.out").open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    (run_dir / "superlink.pid").write_text(str(proc.pid))
+    try:
+        _wait_port(control, proc, timeout=60)
+        yield control
+    finally:
+        stop_process_group(proc)
+
+
+def preflight(config: ExperimentConfig) -> None:
+    """Fail before any process starts on an unknown or unusable plug-in name.
+
+    Checks the tuning method and its parameters, the backbone (a hub id while offline
+    raises :class:`~securefed.exceptions.OfflineError`), the dataset and the
+    partitioner, so that a typo never costs a Flower start-up.
+    """
+    from securefed.data import PARTITIONERS, check_dataset_name
+    from securefed.methods import create_method
+    from securefed.models import resolve_backbone
+
+    create_method(config.method.name, **dict(config.method.params))
+    resolve_backbone(config.model.backbone)
+    check_dataset_name(config.data.dataset)
+    PARTITIONERS.get(config.data.partitioner)
+
+
+def run_simulation(
+    config: ExperimentConfig,
+    run_dir: Path,
+    *,
+    on_line: Callable[[str], None] | None = None,
+    num_cpus: float = 2.0,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Run ``config`` on Flower's simulation engine; return the run's summary.
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+        The validated experiment.
+    run_dir : Path
+        Output directory; receives ``config.toml``, Flower logs and all run outputs.
+    on_line : callable, optional
+        Called with every line Flower prints (for progress display).
+    num_cpus : float
+        CPUs Ray reserves per virtual client (2 on a 2-core machine = one at a time).
+    timeout_s : float, optional
+        Stop everything and fail after this many seconds.
+
+    Raises
+    ------
+    RunFailedError
+        If Flower exits without a completed ``summary.json``; the message holds the
+        tail of ``flower.log``.
+    """
+    preflight(config)
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "config.toml"
+    config_file.write_text(tomli_w.dumps(config.to_dict()))
+    (run_dir / "summary.json").unlink(missing_ok=True)
+    app_dir = run_dir / "flwr-app"
+    _write_app(app_dir, config_file, run_dir)
+    flwr_home = run_dir / ".flwr"
+    env = _flower_env(flwr_home)
+    log_path = run_dir / FLOWER_LOG
+    with _superlink(run_dir, env) as control:
+        _write_connection(flwr_home, control, config, num_cpus)
+        cmd = [_bin("flwr"), "run", str(app_dir), "securefed", "--stream"]
+        with log_path.open("w", encoding="utf-8") as log:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, text=True, bufsize=1)
+            deadline = time.monotonic() + timeout_s if timeout_s else None
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    log.write(line)
+                    log.flush()
+                    if on_line is not None:
+                        on_line(line.rstrip("\n"))
+                    if deadline and time.monotonic() > deadline:
+                        raise RunFailedError(f"run exceeded {timeout_s:.0f} s")
+                    if _finished(run_dir):
+                        break
+                proc.wait(timeout=30)
+            finally:
+                stop_process_group(proc)
+    return _read_summary(run_dir, log_path)
+
+
+def _finished(run_dir: Path) -> bool:
+    path = run_dir / "summary.json"
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _read_summary(run_dir: Path, log_path: Path) -> dict[str, Any]:
+    path = run_dir / "summary.json"
+    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:]) \
+        if log_path.exists() else ""
+    if not path.is_file():
+        raise RunFailedError(f"Flower run ended without a summary; see {log_path}:\n{tail}")
+    summary: dict[str, Any] = json.loads(path.read_text())
+    if summary.get("status") != "completed":
+        raise RunFailedError(f"run {summary.get('status')}: {summary.get('reason')}")
+    return summary
+
+
+def run_inprocess(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+    """Run ``config`` through the in-process grid (same ServerApp / ClientApp code)."""
+    from securefed.app.client_app import app as client_app
+    from securefed.app.grid import InProcessGrid
+    from securefed.app.server_app import run_server
+
+    preflight(config)
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "config.toml"
+    config_file.write_text(tomli_w.dumps(config.to_dict()))
+    run_config = {"config-file": str(config_file), "run-dir": str(run_dir)}
+    grid = InProcessGrid(client_app, config.data.num_clients, run_config)
+    return run_server(grid, run_config)

@@ -1,0 +1,130 @@
+"""The securefed ServerApp (Flower Message API).
+
+It reads the experiment config from the run config, builds the same deterministic
+initial adapter the clients build, runs :class:`strategies.AdapterFedAvg` through the
+grid it is given (Flower's simulation engine, a SuperLink deployment, or the
+in-process grid), evaluates the global adapter centrally on the held-out split after
+every round, and writes the run directory: resolved ``config.toml``, per-client label
+histograms, ``metrics.jsonl``, ``summary.json``, plots and the exported adapter.
+
+The strategy itself is numpy-only; torch is used here only for central evaluation and
+to build the initial payload (see ``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tomli_w
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from securefed.app.runtime import histograms, test_split, tuned_model, write_json
+from securefed.app.settings import config_from_run_config, run_dir_of
+from securefed.config import ExperimentConfig
+from securefed.exceptions import AggregationError
+from securefed.report.plots import plot_run
+from securefed.report.recorder import RunRecorder
+from securefed.training import evaluate
+from strategies.adapter_fedavg import AdapterFedAvg
+from strategies.records import payload_to_record, raw_nbytes, record_to_payload
+
+__all__ = ["app", "run_server"]
+
+log = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+def _train_config(config: ExperimentConfig) -> ConfigRecord:
+    t = config.train
+    return ConfigRecord({"lr": t.lr, "local-epochs": t.local_epochs,
+                         "batch-size": t.batch_size})
+
+
+def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Run a whole federated experiment through ``grid``; return ``summary.json``.
+
+    Raises
+    ------
+    AggregationError
+        If a round has fewer valid replies than required; ``summary.json`` then
+        records ``status = "failed"`` and the reason before the error propagates.
+    """
+    config = config_from_run_config(run_config)
+    run_dir = run_dir_of(run_config, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
+    write_json(run_dir / "partitions.json", histograms(config))
+
+    tm = tuned_model(config)
+    initial = tm.payload()
+    recorder = RunRecorder(run_dir)
+    fed = config.federation
+    strategy = AdapterFedAvg(
+        clients_per_round=fed.clients_per_round,
+        min_replies=fed.required_replies,
+        evaluate_clients=fed.evaluate_clients,
+        max_payload_bytes=int(fed.max_payload_mb * 2**20),
+        rng=np.random.default_rng(config.experiment.seed),
+        observer=recorder,
+    )
+    test = test_split(config) if fed.central_eval else None
+
+    def central(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        acc = loss = None
+        if test is not None:
+            tm.load(record_to_payload(arrays))
+            res = evaluate(tm.model, test.batches(config.train.eval_batch_size,
+                                                  shuffle=False))
+            acc, loss = res.accuracy, res.loss
+        row = recorder.on_central_eval(server_round, acc, loss)
+        log.info("round %d: %s", server_round, row)
+        return MetricRecord({"accuracy": acc, "loss": loss}) if acc is not None else None
+
+    facts = {
+        "method": config.method.name,
+        "backbone": config.model.backbone,
+        "dataset": config.data.dataset,
+        "num_clients": config.data.num_clients,
+        "clients_per_round": fed.clients_per_round,
+        "rounds": fed.rounds,
+        "seed": config.experiment.seed,
+        "trainable_params": int(sum(v.size for v in initial.values())),
+        "payload_tensors": len(initial),
+        "payload_raw_bytes": raw_nbytes(initial),
+        "aggregation": tm.method.semantics.kind.value,
+        "exact_under_sum": tm.method.semantics.exact_under_sum,
+        "adapter_dir": None,
+    }
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=payload_to_record(initial),
+            num_rounds=fed.rounds,
+            timeout=fed.round_timeout_s,
+            train_config=_train_config(config),
+            evaluate_config=ConfigRecord(),
+            evaluate_fn=central,
+        )
+    except AggregationError as exc:
+        recorder.summary(status="failed", reason=str(exc), **facts)
+        raise
+    final = record_to_payload(result.arrays) if len(result.arrays) else initial
+    tm.load(final)
+    adapter_dir = run_dir / "adapter"
+    tm.method.export(tm.model, adapter_dir)
+    plot_run(recorder.rows, run_dir, title=f"{config.method.name} on {config.data.dataset}")
+    facts["adapter_dir"] = str(adapter_dir)
+    return recorder.summary(status="completed", **facts)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point."""
+    run_server(grid, context.run_config)
+
+

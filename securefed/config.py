@@ -1,0 +1,345 @@
+"""Experiment configuration: frozen, validated dataclasses read from TOML.
+
+A config file has one table per concern::
+
+    [experiment]   name, seed, out_dir
+    [model]        backbone, max_length, image_size
+    [data]         dataset, partitioner, num_clients, alpha, ...
+    [method]       name + the method's own parameters (r, alpha, num_tokens, ...)
+    [federation]   rounds, clients_per_round, min_replies, ...
+    [train]        local_epochs, batch_size, lr, ...
+
+Every table is a frozen dataclass validated in ``__post_init__``; an unknown key is a
+:class:`~securefed.exceptions.ConfigError` naming it and listing the valid keys, and a
+combination that cannot work (more clients per round than clients, alpha <= 0,
+rank <= 0) fails here, before any training starts. No component receives the whole
+tree: each gets only its own table.
+
+The same tree travels to Flower as a flat ``run_config`` with dotted keys
+(``"method.r" = 8``), see :func:`to_flat` and :func:`from_flat`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from securefed.exceptions import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "ExperimentConfig",
+    "FederationConfig",
+    "MetaConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "from_flat",
+    "load_config",
+    "to_flat",
+]
+
+Scalar = str | int | float | bool
+
+
+def _require(cond: bool, table: str, key: str, value: object, need: str) -> None:
+    if not cond:
+        raise ConfigError(f"[{table}] {key} = {value!r} is invalid: {need}")
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """``[experiment]``: run name, experiment seed and run directory."""
+
+    name: str = "experiment"
+    seed: int = 0
+    out_dir: str = "runs/experiment"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name), "experiment", "name", self.name, "must be non-empty")
+        _require(self.seed >= 0, "experiment", "seed", self.seed, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``[model]``: backbone alias / folder / hub id and input sizes."""
+
+    backbone: str = "minilm-l6"
+    max_length: int = 128
+    image_size: int = 224
+
+    def __post_init__(self) -> None:
+        _require(bool(self.backbone), "model", "backbone", self.backbone, "must be non-empty")
+        _require(self.max_length > 0, "model", "max_length", self.max_length, "must be > 0")
+        _require(self.image_size > 0, "model", "image_size", self.image_size, "must be > 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``[data]``: dataset, held-out split and the non-IID partitioning."""
+
+    dataset: str = "bbc-news"
+    test_fraction: float = 0.2
+    max_train: int = 0
+    max_test: int = 0
+    partitioner: str = "dirichlet"
+    num_clients: int = 10
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    min_partition_size: int = 2
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        t = "data"
+        _require(0 < self.test_fraction < 1, t, "test_fraction", self.test_fraction, "in (0, 1)")
+        _require(self.max_train >= 0, t, "max_train", self.max_train, ">= 0 (0 = all)")
+        _require(self.max_test >= 0, t, "max_test", self.max_test, ">= 0 (0 = all)")
+        _require(self.num_clients >= 1, t, "num_clients", self.num_clients, "must be >= 1")
+        _require(self.alpha > 0, t, "alpha", self.alpha, "Dirichlet alpha must be > 0")
+        _require(self.shards_per_client >= 1, t, "shards_per_client", self.shards_per_client,
+                 "must be >= 1")
+        _require(self.min_partition_size >= 0, t, "min_partition_size",
+                 self.min_partition_size, "must be >= 0")
+        _require(0 <= self.val_fraction < 1, t, "val_fraction", self.val_fraction, "in [0, 1)")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """``[method]``: the tuning method's name and its own parameters.
+
+    The parameters are checked by the method's frozen config dataclass (see
+    :func:`securefed.methods.create_method`), which names any unknown one.
+    """
+
+    name: str = "lora"
+    params: Mapping[str, Scalar | list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name), "method", "name", self.name, "must be non-empty")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """``[federation]``: rounds, sampling and how many valid replies a round needs."""
+
+    rounds: int = 10
+    clients_per_round: int = 5
+    min_replies: int = 0
+    evaluate_clients: int = 0
+    central_eval: bool = True
+    max_payload_mb: float = 512.0
+    round_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        t = "federation"
+        _require(self.rounds >= 1, t, "rounds", self.rounds, "must be >= 1")
+        _require(self.clients_per_round >= 1, t, "clients_per_round", self.clients_per_round,
+                 "must be >= 1")
+        _require(self.min_replies >= 0, t, "min_replies", self.min_replies,
+                 ">= 0 (0 = every sampled client must reply validly)")
+        _require(self.min_replies <= self.clients_per_round, t, "min_replies",
+                 self.min_replies, f"cannot exceed clients_per_round={self.clients_per_round}")
+        _require(self.evaluate_clients >= 0, t, "evaluate_clients", self.evaluate_clients,
+                 ">= 0 (0 = no federated evaluation)")
+        _require(self.max_payload_mb > 0, t, "max_payload_mb", self.max_payload_mb, "> 0")
+        _require(self.round_timeout_s > 0, t, "round_timeout_s", self.round_timeout_s, "> 0")
+
+    @property
+    def required_replies(self) -> int:
+        """Valid replies a round needs (``min_replies``, or every sampled client)."""
+        return self.min_replies or self.clients_per_round
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``[train]``: local optimisation on each client."""
+
+    local_epochs: int = 1
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    max_steps: int = 0
+    torch_threads: int = 0
+
+    def __post_init__(self) -> None:
+        t = "train"
+        _require(self.local_epochs >= 1, t, "local_epochs", self.local_epochs, "must be >= 1")
+        _require(self.batch_size >= 1, t, "batch_size", self.batch_size, "must be >= 1")
+        _require(self.eval_batch_size >= 1, t, "eval_batch_size", self.eval_batch_size,
+                 "must be >= 1")
+        _require(self.lr > 0, t, "lr", self.lr, "must be > 0")
+        _require(self.weight_decay >= 0, t, "weight_decay", self.weight_decay, "must be >= 0")
+        _require(self.max_steps >= 0, t, "max_steps", self.max_steps, ">= 0 (0 = no cap)")
+        _require(self.torch_threads >= 0, t, "torch_threads", self.torch_threads,
+                 ">= 0 (0 = torch default)")
+
+
+_TABLES: dict[str, type] = {
+    "experiment": MetaConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "method": MethodConfig,
+    "federation": FederationConfig,
+    "train": TrainConfig,
+}
+
+C = TypeVar("C")
+
+
+def _build_table(cls: type[C], table: str, values: Mapping[str, Any]) -> C:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"[{table}] must be a table, got {type(values).__name__}")
+    if cls is MethodConfig:
+        values = dict(values)
+        name = values.pop("name", MethodConfig.name)
+        return MethodConfig(name=name, params=values)  # type: ignore[return-value]
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in values:
+        if key not in fields:
+            raise ConfigError(
+                f"unknown key [{table}] {key!r}; valid keys: {', '.join(sorted(fields))}"
+            )
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        default = fields[key].default
+        kwargs[key] = _coerce(table, key, value, default)
+    return cls(**kwargs)
+
+
+def _coerce(table: str, key: str, value: Any, default: Any) -> Any:
+    """Check a scalar against its default's type (int widens to float)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(
+            f"[{table}] {key} = {value!r} has the wrong type; expected "
+            f"{type(default).__name__}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment: one frozen table per concern, cross-checked."""
+
+    experiment: MetaConfig = field(default_factory=MetaConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        fed, data = self.federation, self.data
+        if fed.clients_per_round > data.num_clients:
+            raise ConfigError(
+                f"[federation] clients_per_round = {fed.clients_per_round} exceeds "
+                f"[data] num_clients = {data.num_clients}"
+            )
+        if fed.evaluate_clients > data.num_clients:
+            raise ConfigError(
+                f"[federation] evaluate_clients = {fed.evaluate_clients} exceeds "
+                f"[data] num_clients = {data.num_clients}"
+            )
+
+    @classmethod
+    def from_dict(cls, tree: Mapping[str, Any]) -> ExperimentConfig:
+        """Build from a nested mapping (a parsed TOML document)."""
+        for table in tree:
+            if table not in _TABLES:
+                raise ConfigError(
+                    f"unknown table [{table}]; valid tables: {', '.join(_TABLES)}"
+                )
+        kwargs = {t: _build_table(c, t, tree.get(t, {})) for t, c in _TABLES.items()}
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Nested plain-data form; ``from_dict(to_dict())`` round-trips."""
+        out: dict[str, dict[str, Any]] = {}
+        for table in _TABLES:
+            obj = getattr(self, table)
+            if isinstance(obj, MethodConfig):
+                out[table] = {"name": obj.name, **dict(obj.params)}
+            else:
+                out[table] = dataclasses.asdict(obj)
+        return out
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a TOML experiment config."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        tree = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p} is not valid TOML: {exc}") from exc
+    return ExperimentConfig.from_dict(tree)
+
+
+def to_flat(config: ExperimentConfig) -> dict[str, Any]:
+    """Flatten to Flower ``run_config`` form: ``{"table.key": value}``."""
+    return {
+        f"{table}.{key}": value
+        for table, values in config.to_dict().items()
+        for key, value in values.items()
+    }
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    tree: dict[str, dict[str, Any]] = {}
+    for dotted, value in flat.items():
+        table, sep, key = dotted.partition(".")
+        if not sep or not key:
+            raise ConfigError(f"config key {dotted!r} must look like 'table.key'")
+        tree.setdefault(table, {})[key] = value
+    return tree
+
+
+def from_flat(flat: Mapping[str, Any]) -> ExperimentConfig:
+    """Inverse of :func:`to_flat`; also reads Flower's ``context.run_config``."""
+    return ExperimentConfig.from_dict(_unflatten(flat))
+
+
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value is a TOML literal; bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """Apply ``table.key=value`` overrides (``--set``) and re-validate.
+
+    Raises
+    ------
+    ConfigError
+        If an override is not of the form ``table.key=value`` or names an unknown key.
+    """
+    tree = config.to_dict()
+    for item in overrides:
+        dotted, sep, raw = item.partition("=")
+        table, dot, key = dotted.strip().partition(".")
+        if not sep or not dot or not key:
+            raise ConfigError(f"override {item!r} must look like 'table.key=value'")
+        if table not in _TABLES:
+            raise ConfigError(f"unknown table [{table}] in override {item!r}; valid tables: "
+                              f"{', '.join(_TABLES)}")
+        tree[table][key] = _parse_value(raw.strip())
+    return ExperimentConfig.from_dict(tree)

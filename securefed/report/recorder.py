@@ -1,0 +1,127 @@
+"""Run-directory outputs: ``metrics.jsonl``, ``summary.json`` and plots.
+
+A :class:`RunRecorder` observes the strategy (bytes, rejections, client metrics) and
+the ServerApp's central evaluation, and writes one JSON line per round::
+
+    {"round": 3, "accuracy": 0.91, "loss": 0.31,            # central, held-out split
+     "federated_accuracy": 0.9, "federated_loss": 0.33,      # clients' local val splits
+     "train_loss": 0.4, "clients": [..], "rejected": {"node": "reason"},
+     "rejected_replies": 0, "bytes_up_per_client": 295000.0,
+     "bytes_down_per_client": 295000, "round_seconds": 41.2, "wall_seconds": 130.0}
+
+Round 0 is the initial global adapter (central evaluation only). ``summary.json`` keys
+are a stable interface read by other tools; see :data:`SUMMARY_KEYS`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from strategies.adapter_fedavg import TrainRoundStats
+
+__all__ = ["SUMMARY_KEYS", "RunRecorder", "read_metrics"]
+
+SUMMARY_KEYS = (
+    "method",
+    "backbone",
+    "dataset",
+    "num_clients",
+    "rounds",
+    "final_accuracy",
+    "accuracy_per_round",
+    "trainable_params",
+    "bytes_up_per_client_round",
+    "bytes_down_per_client_round",
+    "wall_seconds",
+    "adapter_dir",
+)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Parse a ``metrics.jsonl`` file (missing file -> no rows)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class RunRecorder:
+    """Collects per-round statistics and writes them under ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run directory (created if missing).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.metrics_path.write_text("")
+        self.started = time.monotonic()
+        self.rows: list[dict[str, Any]] = []
+        self._pending: dict[int, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------ observer API
+    def on_train_round(self, stats: TrainRoundStats) -> None:
+        """Record bytes, participants and rejections of a training round."""
+        ups = list(stats.bytes_up.values())
+        row = self._pending.setdefault(stats.server_round, {"round": stats.server_round})
+        row.update(
+            clients=stats.accepted,
+            rejected={str(k): v for k, v in stats.rejected.items()},
+            rejected_replies=len(stats.rejected),
+            train_loss=stats.metrics.get("train-loss"),
+            train_accuracy=stats.metrics.get("train-accuracy"),
+            bytes_up_per_client=(sum(ups) / len(ups)) if ups else 0.0,
+            bytes_down_per_client=stats.bytes_down_per_client,
+            round_seconds=stats.seconds,
+        )
+
+    def on_evaluate_round(self, server_round: int, metrics: Mapping[str, float],
+                          rejected: Mapping[int, str]) -> None:
+        """Record federated evaluation (clients' local validation splits)."""
+        row = self._pending.setdefault(server_round, {"round": server_round})
+        row.update(
+            federated_accuracy=metrics.get("eval-accuracy"),
+            federated_loss=metrics.get("eval-loss"),
+            evaluate_rejected={str(k): v for k, v in rejected.items()},
+        )
+
+    def on_central_eval(self, server_round: int, accuracy: float | None,
+                        loss: float | None) -> dict[str, Any]:
+        """Record central evaluation and flush the round's row to ``metrics.jsonl``."""
+        row = self._pending.pop(server_round, {"round": server_round})
+        row.update(accuracy=accuracy, loss=loss,
+                   wall_seconds=time.monotonic() - self.started)
+        self.rows.append(row)
+        with self.metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        return row
+
+    # ---------------------------------------------------------------- summary
+    def summary(self, **fields: Any) -> dict[str, Any]:
+        """Assemble ``summary.json`` from the rows plus run facts, and write it."""
+        trained = [r for r in self.rows if r["round"] > 0]
+        ups = [r["bytes_up_per_client"] for r in trained if r.get("bytes_up_per_client")]
+        downs = [r["bytes_down_per_client"] for r in trained
+                 if r.get("bytes_down_per_client")]
+        summary: dict[str, Any] = {
+            "final_accuracy": self.rows[-1].get("accuracy") if self.rows else None,
+            "accuracy_per_round": [r.get("accuracy") for r in self.rows],
+            "loss_per_round": [r.get("loss") for r in self.rows],
+            "federated_accuracy_per_round": [r.get("federated_accuracy") for r in trained],
+            "bytes_up_per_client_round": (sum(ups) / len(ups)) if ups else 0.0,
+            "bytes_down_per_client_round": (sum(downs) / len(downs)) if downs else 0.0,
+            "rejected_replies_total": sum(r.get("rejected_replies", 0) for r in trained),
+            "wall_seconds": time.monotonic() - self.started,
+        }
+        summary.update(fields)
+        ordered = {k: summary.get(k) for k in SUMMARY_KEYS}
+        ordered.update({k: v for k, v in summary.items() if k not in ordered})
+        (self.run_dir / "summary.json").write_text(json.dumps(ordered, indent=2) + "\n")
+        return ordered

@@ -1,0 +1,129 @@
+"""Local optimisation and evaluation of a tuned classifier (client side, torch).
+
+One loop serves every tuning method: the method decides which parameters require
+gradients, this loop optimises exactly those with AdamW (Loshchilov & Hutter,
+arXiv 1711.05101). DP-SGD (Opacus) wraps the same model, optimiser and batches rather
+than copying this loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["EvalResult", "TrainResult", "evaluate", "train_local"]
+
+Batch = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of one client's local training."""
+
+    num_examples: int
+    steps: int
+    loss: float
+    accuracy: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Loss and accuracy of a model on a split."""
+
+    num_examples: int
+    loss: float
+    accuracy: float
+
+
+def _forward(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits
+    loss = nn.functional.cross_entropy(logits, batch["labels"])
+    return loss, logits
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters that require gradients (what the tuning method left unfrozen)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train_local(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    max_steps: int = 0,
+) -> TrainResult:
+    """Run AdamW over ``batches`` (one pass; callers chain epochs).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A Hugging Face classifier whose trainable parameters the method chose.
+    batches : iterable of mapping
+        Model inputs plus ``labels``; see :class:`securefed.data.EncodedSplit`.
+    lr, weight_decay : float
+        AdamW hyper-parameters.
+    max_steps : int
+        Stop after this many optimiser steps (0 = no cap).
+
+    Raises
+    ------
+    FloatingPointError
+        If the loss becomes NaN or Inf (nothing non-finite is ever sent).
+    """
+    params = trainable(model)
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    model.train()
+    start = time.perf_counter()
+    steps = seen = correct = 0
+    loss_sum = 0.0
+    for batch in _capped(batches, max_steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss, logits = _forward(model, batch)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"non-finite training loss at step {steps}")
+        loss.backward()
+        optimizer.step()
+        n = int(batch["labels"].shape[0])
+        steps += 1
+        seen += n
+        loss_sum += float(loss.item()) * n
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+    if seen == 0:
+        raise ValueError("no training batches: the client's partition is empty")
+    return TrainResult(seen, steps, loss_sum / seen, correct / seen,
+                       time.perf_counter() - start)
+
+
+def _capped(batches: Iterable[Batch], max_steps: int) -> Iterator[Batch]:
+    for i, batch in enumerate(batches):
+        if max_steps and i >= max_steps:
+            return
+        yield batch
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Batch]) -> EvalResult:
+    """Mean cross-entropy and accuracy over ``batches`` in eval mode."""
+    model.eval()
+    seen = correct = 0
+    loss_sum = 0.0
+    for batch in batches:
+        loss, logits = _forward(model, batch)
+        n = int(batch["labels"].shape[0])
+        seen += n
+        loss_sum += float(loss.item()) * n
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+    if seen == 0:
+        return EvalResult(0, float("nan"), float("nan"))
+    return EvalResult(seen, loss_sum / seen, correct / seen)

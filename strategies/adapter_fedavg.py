@@ -1,0 +1,296 @@
+"""``AdapterFedAvg``: FedAvg over adapter payloads, by key, with strict reply checks.
+
+FedAvg (McMahan et al., arXiv 1602.05629) weighted by each client's number of training
+examples, applied to the PEFT payload a client sends (only the trainable adapter
+tensors, keyed by name). Differences from Flower's ``FedAvg``:
+
+* exactly ``clients_per_round`` nodes are sampled each round, from a generator that is
+  passed in (seeded for experiments);
+* every reply is validated against the global payload's spec (keys, shapes, dtypes,
+  finite values, size) *before* it can touch the global adapter; a bad reply is
+  dropped with a logged reason and counted;
+* if fewer than ``min_replies`` valid replies remain, the round ends the run with an
+  :class:`~securefed.exceptions.AggregationError` naming every rejection — never a
+  silently smaller aggregate;
+* per-round statistics (bytes up and down per client, rejections) go to an observer.
+
+Composition: this is the innermost strategy. Wrappers for secure aggregation and
+user-level DP (later issues) wrap it and pass on the methods they do not change.
+This module is numpy-only; it never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from securefed.exceptions import AggregationError, ConfigError, PayloadError
+from strategies.aggregate import weighted_mean_by_key
+from strategies.records import payload_to_record, record_to_payload, serialized_nbytes
+from strategies.validation import PayloadSpec, validate_payload
+
+__all__ = ["AdapterFedAvg", "RoundObserver", "TrainRoundStats"]
+
+log = logging.getLogger(__name__)
+
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+WEIGHT_KEY = "num-examples"
+
+
+@dataclass
+class TrainRoundStats:
+    """What the server saw in one training round."""
+
+    server_round: int
+    sampled: list[int]
+    accepted: list[int] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    bytes_up: dict[int, int] = field(default_factory=dict)
+    bytes_down_per_client: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class RoundObserver(Protocol):
+    """Receives per-round statistics from :class:`AdapterFedAvg`."""
+
+    def on_train_round(self, stats: TrainRoundStats) -> None:
+        """Called after a training round was aggregated (or refused)."""
+
+    def on_evaluate_round(self, server_round: int, metrics: Mapping[str, float],
+                          rejected: Mapping[int, str]) -> None:
+        """Called after federated evaluation was aggregated."""
+
+
+def _metric_dict(record: MetricRecord | None) -> dict[str, float]:
+    if record is None:
+        return {}
+    return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+
+
+class AdapterFedAvg(FedAvg):
+    """Example-weighted FedAvg over keyed adapter payloads with reply validation.
+
+    Parameters
+    ----------
+    clients_per_round : int
+        Nodes sampled for training each round.
+    min_replies : int
+        Valid replies a training round needs; fewer raise :class:`AggregationError`.
+    evaluate_clients : int
+        Nodes sampled for federated evaluation each round (0 disables it).
+    max_payload_bytes : int
+        Upper bound on a reply's raw tensor bytes.
+    rng : numpy.random.Generator
+        Source of client sampling (seed it for reproducible experiments).
+    observer : RoundObserver, optional
+        Receives per-round statistics.
+    node_wait_s : float
+        How long to wait for enough nodes to connect before failing.
+    """
+
+    def __init__(
+        self,
+        *,
+        clients_per_round: int,
+        min_replies: int,
+        evaluate_clients: int = 0,
+        max_payload_bytes: int = 512 * 2**20,
+        rng: np.random.Generator,
+        observer: RoundObserver | None = None,
+        node_wait_s: float = 600.0,
+    ) -> None:
+        if clients_per_round < 1:
+            raise ConfigError(f"clients_per_round must be >= 1, got {clients_per_round}")
+        if not 1 <= min_replies <= clients_per_round:
+            raise ConfigError(
+                f"min_replies must be in [1, clients_per_round={clients_per_round}], "
+                f"got {min_replies}"
+            )
+        if evaluate_clients < 0:
+            raise ConfigError(f"evaluate_clients must be >= 0, got {evaluate_clients}")
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=1.0 if evaluate_clients else 0.0,
+            min_train_nodes=clients_per_round,
+            min_evaluate_nodes=evaluate_clients,
+            min_available_nodes=max(clients_per_round, evaluate_clients),
+            weighted_by_key=WEIGHT_KEY,
+            arrayrecord_key=ARRAYS_KEY,
+            configrecord_key=CONFIG_KEY,
+        )
+        self.clients_per_round = clients_per_round
+        self.min_replies = min_replies
+        self.evaluate_clients = evaluate_clients
+        self.max_payload_bytes = max_payload_bytes
+        self.rng = rng
+        self.observer = observer
+        self.node_wait_s = node_wait_s
+        self.spec: PayloadSpec | None = None
+        self.history: list[TrainRoundStats] = []
+        self._current: TrainRoundStats | None = None
+
+    # ------------------------------------------------------------------ sampling
+    def _sample(self, grid: Grid, k: int) -> list[int]:
+        deadline = time.monotonic() + self.node_wait_s
+        while len(nodes := sorted(grid.get_node_ids())) < k:
+            if time.monotonic() > deadline:
+                raise AggregationError(
+                    f"only {len(nodes)} nodes connected after {self.node_wait_s:.0f} s; "
+                    f"{k} are needed"
+                )
+            log.info("waiting for nodes: %d connected, %d needed", len(nodes), k)
+            time.sleep(1.0)
+        chosen = self.rng.choice(np.asarray(nodes, dtype=np.int64), size=k, replace=False)
+        return [int(n) for n in chosen]
+
+    def _messages(self, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int],
+                  message_type: str, server_round: int) -> list[Message]:
+        config["server-round"] = server_round
+        content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
+        return [Message(content=content, message_type=message_type, dst_node_id=n,
+                        group_id=str(server_round)) for n in nodes]
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample ``clients_per_round`` nodes and send them the global payload."""
+        if self.spec is None:
+            self.spec = PayloadSpec.of(record_to_payload(arrays),
+                                       max_bytes=self.max_payload_bytes)
+        nodes = self._sample(grid, self.clients_per_round)
+        self._current = TrainRoundStats(
+            server_round=server_round,
+            sampled=nodes,
+            bytes_down_per_client=serialized_nbytes(arrays),
+            seconds=time.monotonic(),
+        )
+        return self._messages(arrays, config, nodes, MessageType.TRAIN, server_round)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample ``evaluate_clients`` nodes for federated evaluation."""
+        if not self.evaluate_clients:
+            return []
+        nodes = self._sample(grid, self.evaluate_clients)
+        return self._messages(arrays, config, nodes, MessageType.EVALUATE, server_round)
+
+    # --------------------------------------------------------------- validation
+    def _check_reply(self, msg: Message) -> tuple[dict[str, np.ndarray], float]:
+        """Return (payload, weight) of a valid train reply, else raise PayloadError."""
+        if msg.has_error():
+            raise PayloadError(f"client reported an error: {msg.error.reason}")
+        content = msg.content
+        if list(content.array_records) != [ARRAYS_KEY]:
+            raise PayloadError(
+                f"expected exactly one ArrayRecord {ARRAYS_KEY!r}, got "
+                f"{list(content.array_records)}"
+            )
+        weight = self._weight(content)
+        payload = record_to_payload(content.array_records[ARRAYS_KEY])
+        assert self.spec is not None
+        validate_payload(payload, self.spec)
+        return payload, weight
+
+    @staticmethod
+    def _weight(content: RecordDict) -> float:
+        metrics = content.metric_records.get(METRICS_KEY)
+        if metrics is None or WEIGHT_KEY not in metrics:
+            raise PayloadError(f"reply lacks MetricRecord {METRICS_KEY!r} with {WEIGHT_KEY!r}")
+        weight = metrics[WEIGHT_KEY]
+        if not isinstance(weight, int | float) or not np.isfinite(weight) or weight <= 0:
+            raise PayloadError(f"{WEIGHT_KEY!r} must be a positive number, got {weight!r}")
+        return float(weight)
+
+    # -------------------------------------------------------------- aggregation
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate every reply, drop bad ones with a reason, average the rest by key.
+
+        Raises
+        ------
+        AggregationError
+            If fewer than ``min_replies`` valid replies remain.
+        """
+        stats = self._current or TrainRoundStats(server_round=server_round, sampled=[])
+        started = stats.seconds
+        payloads, weights, contents = [], [], []
+        seen: set[int] = set()
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            seen.add(node)
+            if not msg.has_error():
+                stats.bytes_up[node] = serialized_nbytes(
+                    next(iter(msg.content.array_records.values()), ArrayRecord())
+                )
+            try:
+                payload, weight = self._check_reply(msg)
+            except PayloadError as exc:
+                stats.rejected[node] = str(exc)
+                log.warning("round %d: rejected reply from node %d: %s", server_round, node,
+                            exc)
+                continue
+            stats.accepted.append(node)
+            payloads.append(payload)
+            weights.append(weight)
+            contents.append(msg.content)
+        for node in stats.sampled:
+            if node not in seen:
+                stats.rejected[node] = "no reply before the round timeout"
+        stats.seconds = time.monotonic() - started if started else 0.0
+        if len(payloads) < self.min_replies:
+            self._finish(stats)
+            reasons = "; ".join(f"node {n}: {r}" for n, r in sorted(stats.rejected.items()))
+            raise AggregationError(
+                f"round {server_round}: {len(payloads)} valid replies of "
+                f"{len(stats.sampled)} sampled, {self.min_replies} required. "
+                f"Rejected: {reasons or 'none'}"
+            )
+        mean = weighted_mean_by_key(payloads, weights)
+        metrics = self.train_metrics_aggr_fn(contents, WEIGHT_KEY)
+        metrics["rejected-replies"] = len(stats.rejected)
+        stats.metrics = _metric_dict(metrics)
+        self._finish(stats)
+        return payload_to_record(mean), metrics
+
+    def _finish(self, stats: TrainRoundStats) -> None:
+        self.history.append(stats)
+        self._current = None
+        if self.observer is not None:
+            self.observer.on_train_round(stats)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Example-weighted mean of the clients' evaluation metrics."""
+        good: list[RecordDict] = []
+        rejected: dict[int, str] = {}
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            try:
+                if msg.has_error():
+                    raise PayloadError(f"client reported an error: {msg.error.reason}")
+                metrics = msg.content.metric_records.get(METRICS_KEY)
+                if metrics is not None and metrics.get(WEIGHT_KEY) == 0:
+                    continue  # the client holds no validation data: nothing to average
+                self._weight(msg.content)
+            except PayloadError as exc:
+                rejected[node] = str(exc)
+                continue
+            good.append(msg.content)
+        metrics = self.evaluate_metrics_aggr_fn(good, WEIGHT_KEY) if good else None
+        if self.observer is not None:
+            self.observer.on_evaluate_round(server_round, _metric_dict(metrics), rejected)
+        return metrics
