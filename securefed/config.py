@@ -265,7 +265,9 @@ class ExperimentConfig:
                 raise ConfigError(
                     f"unknown table [{table}]; valid tables: {', '.join(_TABLES)}"
                 )
-        kwargs = {t: _build_table(c, t, tree.get(t, {})) for t, c in _TABLES.items()}
+        kwargs: dict[str, Any] = {
+            t: _build_table(c, t, tree.get(t, {})) for t, c in _TABLES.items()
+        }
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

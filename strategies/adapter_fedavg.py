@@ -151,8 +151,9 @@ class AdapterFedAvg(FedAvg):
                 )
             log.info("waiting for nodes: %d connected, %d needed", len(nodes), k)
             time.sleep(1.0)
-        chosen = self.rng.choice(np.asarray(nodes, dtype=np.int64), size=k, replace=False)
-        return [int(n) for n in chosen]
+        # Flower node ids are unsigned 64-bit: sample positions, not ids.
+        chosen = self.rng.choice(len(nodes), size=k, replace=False)
+        return [nodes[int(i)] for i in chosen]
 
     def _messages(self, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int],
                   message_type: str, server_round: int) -> list[Message]:

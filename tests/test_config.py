@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quickstart_is_valid_and_round_trips() -> None:
     cfg = load_config(ROOT / "configs" / "quickstart.toml")
-    assert cfg.method.name == "lora" and cfg.method.params["r"] == 8
-    assert cfg.data.num_clients == 10 and cfg.federation.clients_per_round == 5
+    assert cfg.method.name == "lora"
+    assert cfg.method.params["r"] == 8
+    assert cfg.data.num_clients == 10
+    assert cfg.federation.clients_per_round == 5
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
     assert from_flat(to_flat(cfg)) == cfg
 
@@ -79,9 +81,11 @@ def test_overrides() -> None:
     cfg = apply_overrides(ExperimentConfig(), ["method.r=16", "train.lr=0.01",
                                                "model.backbone=dinov2-s",
                                                "federation.central_eval=false"])
-    assert cfg.method.params["r"] == 16 and cfg.train.lr == 0.01
-    assert cfg.model.backbone == "dinov2-s" and cfg.federation.central_eval is False
-    with pytest.raises(ConfigError, match="table.key=value"):
+    assert cfg.method.params["r"] == 16
+    assert cfg.train.lr == 0.01
+    assert cfg.model.backbone == "dinov2-s"
+    assert cfg.federation.central_eval is False
+    with pytest.raises(ConfigError, match=r"table\.key=value"):
         apply_overrides(cfg, ["lr=1"])
     with pytest.raises(ConfigError, match="unknown key"):
         apply_overrides(cfg, ["train.learning_rate=1"])

@@ -51,7 +51,9 @@ def handle_train(msg: Message, context: Context) -> Message:
     tm = tuned_model(config)
     data = client_data(config, pid)
     tm.load(_global_payload(msg))
-    server_round = int(msg.content.config_records["config"].get("server-round", 0))
+    server_round = msg.content.config_records["config"].get("server-round", 0)
+    if not isinstance(server_round, int):
+        raise PayloadError(f"config 'server-round' must be an int, got {server_round!r}")
     started = time.perf_counter()
     steps = 0
     loss = acc = 0.0

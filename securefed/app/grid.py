@@ -21,11 +21,11 @@ from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.run import Run
+from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 __all__ = ["InProcessGrid", "transport"]
@@ -41,12 +41,12 @@ def transport(msg: Message) -> Message:
     """
     metadata = copy.deepcopy(msg.metadata)
     if msg.has_error():
-        return Message(error=copy.deepcopy(msg.error), metadata=metadata)
+        return Message(error=copy.deepcopy(msg.error), metadata=metadata)  # type: ignore[call-overload]
     objects = get_all_nested_objects(msg.content)
     contents = {oid: obj.deflate() for oid, obj in objects.items()}
     content = inflate_object_from_contents(msg.content.object_id, contents)
     assert isinstance(content, RecordDict)
-    return Message(content=content, metadata=metadata)
+    return Message(content=content, metadata=metadata)  # type: ignore[call-overload]
 
 
 class InProcessGrid(Grid):

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import tomli_w
 
 from securefed.config import ExperimentConfig
@@ -63,20 +64,33 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None
 
 
 def stop_process_group(proc: subprocess.Popen[Any], *, grace: float = 10.0) -> None:
-    """Stop ``proc`` and its process group (started with ``start_new_session``).
+    """Stop ``proc``, its process group and every process it spawned, by PID.
 
-    SIGTERM first, SIGKILL after ``grace`` seconds. Only the group whose id is
-    ``proc.pid`` is signalled: nothing is ever killed by name.
+    Flower's SuperLink starts SuperExec and the simulation runtime in sessions of
+    their own, so signalling the group is not enough: the descendants are listed (by
+    PID, via psutil) *before* anything is signalled, then SIGTERM goes to ``proc``'s
+    group, and after ``grace`` seconds SIGKILL to whatever of that list still runs.
+    Nothing is ever killed by name.
     """
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=3)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # leftovers in the group (simulation process)
+        os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
 
@@ -89,6 +103,7 @@ def _bin(name: str) -> str:
 def _flower_env(flwr_home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         FLWR_HOME=str(flwr_home),
         FLWR_DISABLE_UPDATE_CHECK="1",
         FLWR_TELEMETRY_ENABLED="0",
@@ -114,29 +129,21 @@ def _write_app(app_dir: Path, config_file: Path, run_dir: Path) -> None:
     (app_dir / "pyproject.toml").write_text(tomli_w.dumps(doc))
 
 
-def _write_connection(flwr_home: Path, control_port: int, config: ExperimentConfig,
-                      num_cpus: float) -> None:
+def _write_connection(flwr_home: Path, port: int) -> None:
     flwr_home.mkdir(parents=True, exist_ok=True)
     doc = {"superlink": {
         "default": "securefed",
-        "securefed": {
-            "address": f"127.0.0.1:{control_port}",
-            "insecure": True,
-            "options": {
-                "num-supernodes": config.data.num_clients,
-                "backend": {"client-resources": {"num-cpus": num_cpus, "num-gpus": 0.0}},
-            },
-        },
+        "securefed": {"address": f"127.0.0.1:{port}", "insecure": True},
     }}
     (flwr_home / "config.toml").write_text(tomli_w.dumps(doc))
 
 
 @contextlib.contextmanager
 def _superlink(run_dir: Path, env: dict[str, str]) -> Iterator[int]:
-    control, http, fleet = _free_port(), _free_port(), _free_port()
+    # Flower 1.41 serves the Runtime, Control and Fleet APIs on one HTTP port.
+    port = _free_port()
     cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-           "--control-api-address", f"127.0.0.1:{control}", "--host", "127.0.0.1",
-           "--port", str(http), "--fleet-api-address", f"127.0.0.1:{fleet}",
+           "--host", "127.0.0.1", "--port", str(port),
            "--disable-runtime-dependency-installation",
            "--log-file", str(run_dir / "superlink.log")]
     with (run_dir / "superlink.out").open("wb") as out:
@@ -144,8 +151,8 @@ def _superlink(run_dir: Path, env: dict[str, str]) -> Iterator[int]:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     (run_dir / "superlink.pid").write_text(str(proc.pid))
     try:
-        _wait_port(control, proc, timeout=60)
-        yield control
+        _wait_port(port, proc, timeout=60)
+        yield port
     finally:
         stop_process_group(proc)
 
@@ -157,14 +164,15 @@ def preflight(config: ExperimentConfig) -> None:
     raises :class:`~securefed.exceptions.OfflineError`), the dataset and the
     partitioner, so that a typo never costs a Flower start-up.
     """
-    from securefed.data import PARTITIONERS, check_dataset_name
+    from securefed.app.runtime import dataset_for
+    from securefed.data import PARTITIONERS
     from securefed.methods import create_method
     from securefed.models import resolve_backbone
 
     create_method(config.method.name, **dict(config.method.params))
-    resolve_backbone(config.model.backbone)
-    check_dataset_name(config.data.dataset)
     PARTITIONERS.get(config.data.partitioner)
+    resolve_backbone(config.model.backbone)
+    dataset_for(config.data, config.experiment.seed)
 
 
 def run_simulation(
@@ -172,7 +180,7 @@ def run_simulation(
     run_dir: Path,
     *,
     on_line: Callable[[str], None] | None = None,
-    num_cpus: float = 2.0,
+    num_cpus: int = 2,
     timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` on Flower's simulation engine; return the run's summary.
@@ -185,7 +193,7 @@ def run_simulation(
         Output directory; receives ``config.toml``, Flower logs and all run outputs.
     on_line : callable, optional
         Called with every line Flower prints (for progress display).
-    num_cpus : float
+    num_cpus : int
         CPUs Ray reserves per virtual client (2 on a 2-core machine = one at a time).
     timeout_s : float, optional
         Stop everything and fail after this many seconds.
@@ -207,9 +215,12 @@ def run_simulation(
     flwr_home = run_dir / ".flwr"
     env = _flower_env(flwr_home)
     log_path = run_dir / FLOWER_LOG
-    with _superlink(run_dir, env) as control:
-        _write_connection(flwr_home, control, config, num_cpus)
-        cmd = [_bin("flwr"), "run", str(app_dir), "securefed", "--stream"]
+    with _superlink(run_dir, env) as port:
+        _write_connection(flwr_home, port)
+        federation = (f"num-supernodes={config.data.num_clients} "
+                      f"client-resources-num-cpus={num_cpus} client-resources-num-gpus=0.0")
+        cmd = [_bin("flwr"), "run", str(app_dir), "securefed", "--stream",
+               "--federation-config", federation]
         with log_path.open("w", encoding="utf-8") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

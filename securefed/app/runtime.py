@@ -133,7 +133,7 @@ def _client_data(key: str, partition_id: int) -> ClientData:
     idx = np.asarray(parts[partition_id])
     rng = np.random.default_rng([seed, partition_id])
     idx = rng.permutation(idx)
-    n_val = int(round(len(idx) * config.data.val_fraction)) if len(idx) > 1 else 0
+    n_val = round(len(idx) * config.data.val_fraction) if len(idx) > 1 else 0
     tm = tuned_model(config)
     enc = functools.partial(encode_split, data, "train", tm.preprocessor,
                             max_length=config.model.max_length,

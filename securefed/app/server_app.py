@@ -83,7 +83,9 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
             acc, loss = res.accuracy, res.loss
         row = recorder.on_central_eval(server_round, acc, loss)
         log.info("round %d: %s", server_round, row)
-        return MetricRecord({"accuracy": acc, "loss": loss}) if acc is not None else None
+        if acc is None or loss is None:
+            return None
+        return MetricRecord({"accuracy": acc, "loss": loss})
 
     facts = {
         "method": config.method.name,

@@ -1,0 +1,51 @@
+"""Tuning methods: which tensors of a backbone a client trains, sends and exports.
+
+Every method is registered by name in :data:`METHODS` and built with
+:func:`create_method`::
+
+    method = create_method("lora", r=8)
+    model = method.apply(backbone, get_architecture("bert"), seed=0)
+    payload = method.payload(model)          # dict[str, np.ndarray], trainables only
+    method.load_payload(model, payload)
+    method.export(model, out_dir)            # PEFT format or securefed safetensors
+    model = load_exported(fresh_backbone, arch, out_dir)
+
+Registered methods: ``full``, ``head``, ``bitfit``, ``prompt``, ``prefix``, ``ia3``,
+``adapter``, ``lora``, ``ffa-lora``, ``federa``.
+"""
+
+from __future__ import annotations
+
+# Importing the method modules registers them.
+from securefed.methods import (  # noqa: F401
+    adapter,
+    bitfit,
+    federa,
+    ffa_lora,
+    full,
+    head,
+    ia3,
+    lora,
+    prefix,
+    prompt,
+)
+from securefed.methods.base import (
+    Aggregation,
+    AggregationSemantics,
+    ExportInfo,
+    TuningMethod,
+)
+from securefed.methods.export import load_exported
+from securefed.methods.registry import METHODS, create_method, method_params, register_method
+
+__all__ = [
+    "METHODS",
+    "Aggregation",
+    "AggregationSemantics",
+    "ExportInfo",
+    "TuningMethod",
+    "create_method",
+    "load_exported",
+    "method_params",
+    "register_method",
+]

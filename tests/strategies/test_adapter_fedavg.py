@@ -157,7 +157,8 @@ def test_samples_exactly_k_and_is_reproducible_by_seed() -> None:
 def test_federated_evaluation_is_example_weighted() -> None:
     _, obs, _ = run(make_app(), n=4, k=4, evaluate_clients=4)
     rnd, metrics, rejected = obs.evals[0]
-    assert rnd == 1 and rejected == {}
+    assert rnd == 1
+    assert rejected == {}
     assert metrics["eval-accuracy"] == pytest.approx(0.1 * (0 + 1 + 2 + 3) / 4)
 
 
