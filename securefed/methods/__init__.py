@@ -16,19 +16,8 @@ Registered methods: ``full``, ``head``, ``bitfit``, ``prompt``, ``prefix``, ``ia
 
 from __future__ import annotations
 
-# Importing the method modules registers them.
-from securefed.methods import (  # noqa: F401
-    adapter,
-    bitfit,
-    federa,
-    ffa_lora,
-    full,
-    head,
-    ia3,
-    lora,
-    prefix,
-    prompt,
-)
+import importlib
+
 from securefed.methods.base import (
     Aggregation,
     AggregationSemantics,
@@ -38,8 +27,25 @@ from securefed.methods.base import (
 from securefed.methods.export import load_exported
 from securefed.methods.registry import METHODS, create_method, method_params, register_method
 
+#: Method modules; importing one registers its method, so this is the registry's order.
+METHOD_MODULES = (
+    "full",
+    "head",
+    "bitfit",
+    "prompt",
+    "prefix",
+    "ia3",
+    "adapter",
+    "lora",
+    "ffa_lora",
+    "federa",
+)
+for _module in METHOD_MODULES:
+    importlib.import_module(f"{__name__}.{_module}")
+
 __all__ = [
     "METHODS",
+    "METHOD_MODULES",
     "Aggregation",
     "AggregationSemantics",
     "ExportInfo",

@@ -1,0 +1,66 @@
+"""Opacus per-sample gradients reach every trainable tensor of each method.
+
+DP-SGD needs a per-sample gradient for every trainable parameter. The in-house modules
+(adapters, visual prompts, image prefixes) are plain ``nn.Linear`` / ``nn.Embedding``
+layers called as modules, so Opacus' hooks handle them. Two PEFT-built cases are known not
+to work with Opacus' hook mode and are recorded here as strict xfails, so that a fix
+upstream is noticed: PEFT's (IA)³ vectors are bare parameters of a PEFT layer, and PEFT's
+text prompt encoder runs on a batch of one and repeats the result.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from opacus import GradSampleModule
+
+from securefed.methods import create_method
+from tests.methods.conftest import Backbone
+
+OK = [
+    ("full", "bert", {"freeze_embeddings": True}),
+    ("head", "vit", {}),
+    ("bitfit", "bert", {}),
+    ("adapter", "bert", {"bottleneck": 8}),
+    ("adapter", "vit", {"bottleneck": 8}),
+    ("prompt", "vit", {"num_tokens": 4}),
+    ("prefix", "vit", {"num_tokens": 4}),
+    ("prefix", "clip", {"num_tokens": 4}),
+    ("prefix", "bert", {"num_tokens": 4}),
+    ("lora", "bert", {"r": 4}),
+    ("ffa-lora", "vit", {"r": 4}),
+    ("federa", "bert", {"r": 4}),
+]
+KNOWN_BAD = [
+    ("ia3", "bert", {}),
+    ("prompt", "bert", {"num_tokens": 4}),
+]
+
+
+def _per_sample_grads(name: str, model_type: str, params: dict) -> None:
+    backbone = Backbone(model_type)
+    method = create_method(name, **params)
+    model = method.apply(backbone.model(), backbone.arch)
+    keys = set(method.payload(model))
+    model.train()
+    wrapped = GradSampleModule(model)
+    batch = 4
+    out = wrapped(**backbone.inputs(batch))
+    torch.nn.functional.cross_entropy(out.logits, backbone.labels(batch)).backward()
+    for pname, param in model.named_parameters():
+        if param.requires_grad:
+            grad_sample = getattr(param, "grad_sample", None)
+            assert grad_sample is not None, f"no per-sample gradient for {pname}"
+            assert grad_sample.shape == (batch, *param.shape), pname
+    assert set(method.payload(wrapped)) == keys, "payload keys must not change under Opacus"
+
+
+@pytest.mark.parametrize(("name", "model_type", "params"), OK, ids=lambda v: str(v))
+def test_opacus_per_sample_gradients(name: str, model_type: str, params: dict) -> None:
+    _per_sample_grads(name, model_type, params)
+
+
+@pytest.mark.xfail(strict=True, reason="PEFT module unsupported by Opacus hooks")
+@pytest.mark.parametrize(("name", "model_type", "params"), KNOWN_BAD, ids=lambda v: str(v))
+def test_opacus_known_incompatible(name: str, model_type: str, params: dict) -> None:
+    _per_sample_grads(name, model_type, params)
