@@ -146,13 +146,13 @@ def client_data(config: ExperimentConfig, partition_id: int) -> ClientData:
     return _client_data(config_key(config), partition_id)
 
 
-def test_split(config: ExperimentConfig) -> EncodedSplit:
+def heldout_split(config: ExperimentConfig) -> EncodedSplit:
     """The encoded global held-out test split (central evaluation; cached)."""
-    return _test_split(config_key(config))
+    return _heldout_split(config_key(config))
 
 
 @functools.lru_cache(maxsize=4)
-def _test_split(key: str) -> EncodedSplit:
+def _heldout_split(key: str) -> EncodedSplit:
     config = ExperimentConfig.from_dict(json.loads(key))
     data = dataset_for(config.data, config.experiment.seed)
     tm = tuned_model(config)

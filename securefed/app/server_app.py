@@ -22,7 +22,7 @@ import tomli_w
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from securefed.app.runtime import histograms, test_split, tuned_model, write_json
+from securefed.app.runtime import histograms, heldout_split, tuned_model, write_json
 from securefed.app.settings import config_from_run_config, run_dir_of
 from securefed.config import ExperimentConfig
 from securefed.exceptions import AggregationError
@@ -72,7 +72,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
         rng=np.random.default_rng(config.experiment.seed),
         observer=recorder,
     )
-    test = test_split(config) if fed.central_eval else None
+    test = heldout_split(config) if fed.central_eval else None
 
     def central(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         acc = loss = None

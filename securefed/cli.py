@@ -1,0 +1,129 @@
+"""The ``securefed`` command. Thin: it parses arguments, then calls the library.
+
+Commands
+--------
+``securefed run CONFIG [--out DIR] [--set table.key=value ...] [--engine ...]``
+    Run a federated experiment (Flower simulation engine by default).
+``securefed methods [--backbone ALIAS] [--json]``
+    List tuning methods with trainable-parameter and payload sizes.
+``securefed backbones`` / ``securefed datasets``
+    List the registered aliases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from securefed.config import apply_overrides, load_config
+from securefed.exceptions import SecurefedError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Privacy-hardened federated fine-tuning of PEFT adapters on Flower.")
+console = Console()
+err = Console(stderr=True)
+
+ENGINES = ("simulation", "inprocess")
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/bold red] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Experiment TOML (see configs/).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override: table.key=value (repeatable).")] = None,
+    engine: Annotated[str, typer.Option(
+        help="simulation (Flower's engine) or inprocess (same apps, no Flower processes)."
+    )] = "simulation",
+    num_cpus: Annotated[int, typer.Option(help="CPUs per virtual client (Ray).")] = 2,
+) -> None:
+    """Run a federated experiment and write its run directory."""
+    from securefed.app.launcher import run_inprocess, run_simulation
+    from securefed.report.progress import round_progress
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        if engine not in ENGINES:
+            raise SecurefedError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+        cfg = apply_overrides(load_config(config), list(set_ or []))
+        run_dir = (out or Path(cfg.experiment.out_dir)).resolve()
+        err.print(f"run directory: {run_dir}")
+        with round_progress(run_dir, cfg.federation.rounds, console=err):
+            if engine == "simulation":
+                summary = run_simulation(cfg, run_dir, num_cpus=num_cpus)
+            else:
+                summary = run_inprocess(cfg, run_dir)
+    except SecurefedError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted; Flower processes stopped[/yellow]")
+        raise typer.Exit(code=130) from None
+    console.print_json(json.dumps({k: summary[k] for k in (
+        "method", "dataset", "final_accuracy", "trainable_params",
+        "bytes_up_per_client_round", "wall_seconds", "adapter_dir")}))
+
+
+@app.command()
+def methods(
+    backbone: Annotated[str, typer.Option(help="Backbone alias, folder or hub id.")] = "minilm-l6",
+    num_labels: Annotated[int, typer.Option(help="Classes of the task head.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List tuning methods with trainable-parameter and payload sizes on a backbone."""
+    from securefed.methods.inventory import method_inventory
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        rows = method_inventory(backbone, num_labels=num_labels)
+    except SecurefedError as exc:
+        _fail(exc)
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"tuning methods on {backbone}")
+    for col in ("method", "trainable params", "% of full", "payload bytes", "aggregation",
+                "exact under sum", "export"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["method"], f"{r['trainable_params']:,}", f"{r['percent_of_full']:.3f}",
+                      f"{r['payload_bytes']:,}", r["aggregation"], str(r["exact_under_sum"]),
+                      r["export_format"])
+    console.print(table)
+
+
+@app.command()
+def backbones() -> None:
+    """List backbone aliases (a local Hugging Face folder or hub id also works)."""
+    from securefed.models import BACKBONES
+
+    for name in BACKBONES.names():
+        console.print(name)
+
+
+@app.command()
+def datasets() -> None:
+    """List offline dataset names (hub dataset ids also work when online)."""
+    from securefed.data import dataset_names
+
+    for name in dataset_names():
+        console.print(name)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
