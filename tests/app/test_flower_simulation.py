@@ -1,0 +1,96 @@
+"""Integration: the same apps through real Flower (SuperLink + simulation engine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import tomli_w
+
+from securefed.app.launcher import _flower_env, _superlink, run_simulation, stop_process_group
+from securefed.report.recorder import read_metrics
+from tests.app.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def test_securefed_run_on_flower_simulation_engine(tiny_backbones, tmp_path) -> None:
+    before = _descendants()
+    cfg = tiny_config(tiny_backbones["bert"], tmp_path / "run", rounds=2, num_clients=2,
+                      per_round=2)
+    summary = run_simulation(cfg, tmp_path / "run", num_cpus=1, timeout_s=300)
+    assert summary["status"] == "completed" and summary["rounds"] == 2
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert all(r["bytes_up_per_client"] > 0 for r in rows[1:])
+    log = (tmp_path / "run" / "flower.log").read_text()
+    assert "securefed" in log  # the run went through `flwr run` against our SuperLink
+    superlink = int((tmp_path / "run" / "superlink.pid").read_text())
+    assert not psutil.pid_exists(superlink) or psutil.Process(superlink).status() == "zombie"
+    assert _descendants() <= before  # nothing we started is left running
+
+
+def test_plain_flwr_run_of_the_repo_app(tiny_backbones, tmp_path) -> None:
+    """`flwr run .` with the repo's pyproject (2 clients, 2 rounds, tiny model)."""
+    flwr_home = tmp_path / "flwr-home"
+    env = _flower_env(flwr_home)
+    overrides = {
+        "model.backbone": str(tiny_backbones["bert"]), "model.max_length": 32,
+        "data.max_train": 40, "data.max_test": 20, "data.num_clients": 2,
+        "federation.rounds": 2, "federation.clients_per_round": 2,
+        "federation.min_replies": 2, "federation.evaluate_clients": 2,
+        "train.batch_size": 8, "run-dir": str(tmp_path / "out"),
+    }
+    override_file = tmp_path / "overrides.toml"
+    override_file.write_text(tomli_w.dumps(overrides))
+    with _superlink(tmp_path, env) as port:
+        flwr_home.mkdir(parents=True, exist_ok=True)
+        (flwr_home / "config.toml").write_text(tomli_w.dumps({"superlink": {
+            "default": "t", "t": {"address": f"127.0.0.1:{port}", "insecure": True}}}))
+        cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(ROOT), "t", "--stream",
+               "--run-config", str(override_file),
+               "--federation-config", "num-supernodes=2 client-resources-num-cpus=1"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=300)
+        finally:
+            stop_process_group(proc)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "completed", out[-3000:]
+    assert len(summary["accuracy_per_round"]) == 3
+
+
+def test_ctrl_c_stops_every_flower_process(tiny_backbones, tmp_path) -> None:
+    cfg = tiny_config(tiny_backbones["bert"], tmp_path / "run", rounds=50, num_clients=2,
+                      per_round=2)
+    cfg_file = tmp_path / "cfg.toml"
+    cfg_file.write_text(tomli_w.dumps(cfg.to_dict()))
+    cli = Path(sys.executable).parent / "securefed"
+    proc = subprocess.Popen([str(cli), "run", str(cfg_file), "--out", str(tmp_path / "run"),
+                             "--num-cpus", "1"], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and read_metrics(metrics)):
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.5)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert family, "expected Flower processes under securefed run"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    gone, alive = psutil.wait_procs(family, timeout=30)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
