@@ -23,10 +23,11 @@ from securefed.data import (
 from securefed.data import base as data_base
 from securefed.exceptions import AssetError, ConfigError, OfflineError, UnknownNameError
 
-# name -> (modality, num_classes, total examples, image shape or None)
+# name -> (modality, num_classes, total examples, image shape or None). Text corpora are
+# counted after exact-duplicate removal (BBC News 2,225 -> 2,127; tweets 38,158 -> 37,243).
 OFFLINE: dict[str, tuple[str, int, int, tuple[int, ...] | None]] = {
-    "bbc-news": ("text", 5, 2225, None),
-    "tweet-sentiment": ("text", 3, 38158, None),
+    "bbc-news": ("text", 5, 2127, None),
+    "tweet-sentiment": ("text", 3, 37243, None),
     "digits": ("image", 10, 1797, (8, 8, 1)),
     "mnist-5k": ("image", 10, 5000, (28, 28, 1)),
     "cifar10-samples": ("image", 10, 20, (32, 32, 3)),
@@ -70,16 +71,23 @@ def test_bbc_news_class_counts() -> None:
     counts = np.bincount(label_array(data.train), minlength=5) + np.bincount(
         label_array(data.test), minlength=5
     )
-    np.testing.assert_array_equal(counts, [510, 386, 417, 511, 401])
+    np.testing.assert_array_equal(counts, [503, 369, 403, 505, 347])  # unique texts
 
 
-def test_tweet_sentiment_counts_match_assets_md() -> None:
+def test_tweet_sentiment_counts_after_dedup() -> None:
     data = load_dataset("tweet-sentiment")
     assert data.label_names == ("negative", "neutral", "positive")
     counts = np.bincount(label_array(data.train), minlength=3) + np.bincount(
         label_array(data.test), minlength=3
     )
-    np.testing.assert_array_equal(counts, [16186, 15018, 6954])
+    np.testing.assert_array_equal(counts, [15978, 14454, 6811])  # 38,158 rows, unique texts
+
+
+@pytest.mark.parametrize("name", ["bbc-news", "tweet-sentiment"])
+def test_no_text_is_on_both_sides_of_the_split(name: str) -> None:
+    data = load_dataset(name)
+    train = set(text_list(data.train))
+    assert not [t for t in text_list(data.test) if t in train]
 
 
 def test_test_split_is_stratified_disjoint_and_deterministic() -> None:
@@ -103,10 +111,12 @@ def test_test_split_is_stratified_disjoint_and_deterministic() -> None:
 
 
 def test_text_split_partitions_the_corpus() -> None:
-    """Every document lands in exactly one split (as a multiset: BBC has 98 duplicates)."""
+    """Every distinct document lands in exactly one split, once (98 duplicates dropped)."""
     data = load_dataset("bbc-news", seed=1)
     raw = DATASETS.get("bbc-news")()
-    assert Counter(text_list(data.train)) + Counter(text_list(data.test)) == Counter(raw.inputs)
+    both = Counter(text_list(data.train)) + Counter(text_list(data.test))
+    assert both == Counter(set(raw.inputs))
+    assert len(raw.inputs) - len(set(raw.inputs)) == 98
 
 
 def test_max_train_max_test_subsample() -> None:
