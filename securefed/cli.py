@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from securefed.config import apply_overrides, load_config
@@ -33,7 +34,7 @@ ENGINES = ("simulation", "inprocess")
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/bold red] {exc}")
+    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
     raise typer.Exit(code=2)
 
 
@@ -49,7 +50,7 @@ def run(
     num_cpus: Annotated[int, typer.Option(help="CPUs per virtual client (Ray).")] = 2,
 ) -> None:
     """Run a federated experiment and write its run directory."""
-    from securefed.app.launcher import run_inprocess, run_simulation
+    from securefed.app.launcher import preflight, run_inprocess, run_simulation
     from securefed.report.progress import round_progress
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,6 +58,7 @@ def run(
         if engine not in ENGINES:
             raise SecurefedError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
         cfg = apply_overrides(load_config(config), list(set_ or []))
+        preflight(cfg)
         run_dir = (out or Path(cfg.experiment.out_dir)).resolve()
         err.print(f"run directory: {run_dir}")
         with round_progress(run_dir, cfg.federation.rounds, console=err):

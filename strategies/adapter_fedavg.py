@@ -34,7 +34,14 @@ from flwr.serverapp.strategy import FedAvg
 
 from securefed.exceptions import AggregationError, ConfigError, PayloadError
 from strategies.aggregate import weighted_mean_by_key
-from strategies.records import payload_to_record, record_to_payload, serialized_nbytes
+from strategies.records import (
+    content_payload_nbytes,
+    payload_to_record,
+    read_payload,
+    record_to_payload,
+    wire_nbytes,
+    write_payload,
+)
 from strategies.validation import PayloadSpec, validate_payload
 
 __all__ = ["AdapterFedAvg", "RoundObserver", "TrainRoundStats"]
@@ -158,7 +165,7 @@ class AdapterFedAvg(FedAvg):
     def _messages(self, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int],
                   message_type: str, server_round: int) -> list[Message]:
         config["server-round"] = server_round
-        content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: config})
+        content = RecordDict({**write_payload(record_to_payload(arrays)), CONFIG_KEY: config})
         return [Message(content=content, message_type=message_type, dst_node_id=n,
                         group_id=str(server_round)) for n in nodes]
 
@@ -173,7 +180,7 @@ class AdapterFedAvg(FedAvg):
         self._current = TrainRoundStats(
             server_round=server_round,
             sampled=nodes,
-            bytes_down_per_client=serialized_nbytes(arrays),
+            bytes_down_per_client=wire_nbytes(record_to_payload(arrays)),
             seconds=time.monotonic(),
         )
         return self._messages(arrays, config, nodes, MessageType.TRAIN, server_round)
@@ -199,7 +206,7 @@ class AdapterFedAvg(FedAvg):
                 f"{list(content.array_records)}"
             )
         weight = self._weight(content)
-        payload = record_to_payload(content.array_records[ARRAYS_KEY])
+        payload = read_payload(content)
         assert self.spec is not None
         validate_payload(payload, self.spec)
         return payload, weight
@@ -233,9 +240,7 @@ class AdapterFedAvg(FedAvg):
             node = int(msg.metadata.src_node_id)
             seen.add(node)
             if not msg.has_error():
-                stats.bytes_up[node] = serialized_nbytes(
-                    next(iter(msg.content.array_records.values()), ArrayRecord())
-                )
+                stats.bytes_up[node] = content_payload_nbytes(msg.content)
             try:
                 payload, weight = self._check_reply(msg)
             except PayloadError as exc:

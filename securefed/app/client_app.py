@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -24,18 +25,15 @@ from securefed.app.runtime import client_data, tuned_model
 from securefed.app.settings import config_from_run_config, partition_id_of
 from securefed.exceptions import PayloadError
 from securefed.training import evaluate, train_local
-from strategies.records import payload_to_record, record_to_payload
+from strategies.records import read_payload, write_payload
 
 __all__ = ["app", "handle_evaluate", "handle_train"]
 
 app = ClientApp()
 
 
-def _global_payload(msg: Message) -> dict:
-    records = msg.content.array_records
-    if "arrays" not in records:
-        raise PayloadError(f"message lacks ArrayRecord 'arrays'; has {list(records)}")
-    return record_to_payload(records["arrays"])
+def _global_payload(msg: Message) -> dict[str, np.ndarray]:
+    return read_payload(msg.content)
 
 
 def _threads(n: int) -> None:
@@ -76,7 +74,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         "train-steps": steps,
         "train-seconds": time.perf_counter() - started,
     })
-    content = RecordDict({"arrays": payload_to_record(tm.payload()), "metrics": metrics})
+    content = RecordDict({**write_payload(tm.payload()), "metrics": metrics})
     return Message(content, reply_to=msg)
 
 

@@ -63,34 +63,50 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None
     raise RunFailedError(f"flower-superlink did not open port {port} within {timeout:.0f} s")
 
 
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
 def stop_process_group(proc: subprocess.Popen[Any], *, grace: float = 10.0) -> None:
-    """Stop ``proc``, its process group and every process it spawned, by PID.
+    """Stop ``proc`` and every process it spawned, identified by PID and session id.
 
     Flower's SuperLink starts SuperExec and the simulation runtime in sessions of
-    their own, so signalling the group is not enough: the descendants are listed (by
-    PID, via psutil) *before* anything is signalled, then SIGTERM goes to ``proc``'s
-    group, and after ``grace`` seconds SIGKILL to whatever of that list still runs.
-    Nothing is ever killed by name.
+    their own, and Ray's agents outlive their raylet by a moment, so signalling one
+    group is not enough. Before anything is signalled, the descendants are listed (by
+    PID, via psutil) together with the sessions they belong to; then SIGTERM goes to
+    ``proc``'s group, and after ``grace`` seconds whatever still runs in the listed
+    PIDs or sessions is terminated, then killed. Our own session is never touched, and
+    nothing is ever killed by name.
     """
     try:
         family = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         family = []
+    own = _session(0)
+    sessions = {s for s in (_session(p.pid) for p in family) if s is not None} | {proc.pid}
+    if own is not None:
+        sessions.discard(own)
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-    _, alive = psutil.wait_procs(family, timeout=grace)
-    for child in alive:
+    psutil.wait_procs(family, timeout=grace)
+    me = os.getpid()
+    left = {p.pid: p for p in family if p.is_running()}
+    for p in psutil.process_iter():
+        if p.pid != me and _session(p.pid) in sessions:
+            left.setdefault(p.pid, p)
+    for p in left.values():
         with contextlib.suppress(psutil.NoSuchProcess):
-            child.terminate()
-    _, alive = psutil.wait_procs(alive, timeout=3)
-    for child in alive:
+            p.terminate()
+    _, alive = psutil.wait_procs(list(left.values()), timeout=3)
+    for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+            p.kill()
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
 
@@ -138,6 +154,40 @@ def _write_connection(flwr_home: Path, port: int) -> None:
     (flwr_home / "config.toml").write_text(tomli_w.dumps(doc))
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """New session, and SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    A safety net: if the driving process is killed outright (SIGKILL, a CI timeout),
+    the SuperLink it started still shuts down, and it stops its own SuperExec.
+    """
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while the body runs (main thread only), so
+    that ``finally`` blocks stop every Flower process, as on Ctrl-C."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def _superlink(run_dir: Path, env: dict[str, str]) -> Iterator[int]:
     # Flower 1.41 serves the Runtime, Control and Fleet APIs on one HTTP port.
@@ -148,7 +198,7 @@ def _superlink(run_dir: Path, env: dict[str, str]) -> Iterator[int]:
            "--log-file", str(run_dir / "superlink.log")]
     with (run_dir / "superlink.out").open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     (run_dir / "superlink.pid").write_text(str(proc.pid))
     try:
         _wait_port(port, proc, timeout=60)
@@ -215,7 +265,7 @@ def run_simulation(
     flwr_home = run_dir / ".flwr"
     env = _flower_env(flwr_home)
     log_path = run_dir / FLOWER_LOG
-    with _superlink(run_dir, env) as port:
+    with _terminate_as_interrupt(), _superlink(run_dir, env) as port:
         _write_connection(flwr_home, port)
         federation = (f"num-supernodes={config.data.num_clients} "
                       f"client-resources-num-cpus={num_cpus} client-resources-num-gpus=0.0")

@@ -22,7 +22,7 @@ import tomli_w
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from securefed.app.runtime import histograms, heldout_split, tuned_model, write_json
+from securefed.app.runtime import heldout_split, histograms, tuned_model, write_json
 from securefed.app.settings import config_from_run_config, run_dir_of
 from securefed.config import ExperimentConfig
 from securefed.exceptions import AggregationError

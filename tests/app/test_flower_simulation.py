@@ -26,6 +26,26 @@ def _descendants() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
+def _orphans_since(t0: float) -> list[str]:
+    """Processes re-parented to init since ``t0`` that look like Flower or Ray."""
+    out = []
+    for p in psutil.process_iter(["ppid", "create_time", "cmdline", "name"]):
+        info = p.info
+        cmd = " ".join(info["cmdline"] or []) + " " + (info["name"] or "")
+        if (info["ppid"] == 1 and info["create_time"] >= t0
+                and any(w in cmd for w in ("ray", "flower", "flwr"))):
+            out.append(f"{p.pid} {cmd[:80]}")
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans():
+    t0 = time.time() - 1
+    yield
+    time.sleep(1)
+    assert not _orphans_since(t0)
+
+
 def test_securefed_run_on_flower_simulation_engine(tiny_backbones, tmp_path) -> None:
     before = _descendants()
     cfg = tiny_config(tiny_backbones["bert"], tmp_path / "run", rounds=2, num_clients=2,
@@ -92,5 +112,5 @@ def test_ctrl_c_stops_every_flower_process(tiny_backbones, tmp_path) -> None:
     assert family, "expected Flower processes under securefed run"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
-    gone, alive = psutil.wait_procs(family, timeout=30)
+    _, alive = psutil.wait_procs(family, timeout=30)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive

@@ -18,7 +18,7 @@ from securefed.app.runtime import heldout_split, tuned_model
 from securefed.app.server_app import run_server
 from securefed.exceptions import AggregationError, ConfigError, OfflineError, UnknownNameError
 from securefed.report.recorder import SUMMARY_KEYS, read_metrics
-from strategies.records import payload_to_record, record_to_payload
+from strategies.records import read_payload, write_payload
 from tests.app.conftest import tiny_config
 
 
@@ -76,10 +76,10 @@ def test_malformed_reply_from_a_real_client_is_rejected_and_counted(tiny_backbon
     def nan_mod(msg: Message, ctx: Context, call_next):
         reply = call_next(msg, ctx)
         if int(ctx.node_config["partition-id"]) == 0 and msg.metadata.message_type == "train":
-            payload = record_to_payload(reply.content.array_records["arrays"])
+            payload = read_payload(reply.content)
             key = next(iter(payload))
             payload[key] = np.full_like(payload[key], np.nan)
-            content = RecordDict({"arrays": payload_to_record(payload),
+            content = RecordDict({**write_payload(payload),
                                   "metrics": reply.content.metric_records["metrics"]})
             return Message(content, reply_to=msg)
         return reply

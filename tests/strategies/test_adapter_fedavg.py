@@ -6,13 +6,13 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from securefed.app.grid import InProcessGrid
 from securefed.exceptions import AggregationError
 from strategies.adapter_fedavg import AdapterFedAvg, TrainRoundStats
-from strategies.records import payload_to_record, record_to_payload
+from strategies.records import payload_to_record, read_payload, record_to_payload, write_payload
 
 INIT = {"lora_A": np.zeros((2, 3), np.float32), "head.bias": np.zeros(4, np.float32)}
 
@@ -26,12 +26,12 @@ def make_app(corrupt: Corrupt | None = None, weight: Callable[[int], float] | No
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
-        payload = record_to_payload(msg.content.array_records["arrays"])
+        payload = read_payload(msg.content)
         new = {k: v + np.float32(pid + 1) for k, v in payload.items()}
         if corrupt is not None:
             new = corrupt(pid, new)
         w = weight(pid) if weight else 10
-        content = RecordDict({"arrays": payload_to_record(new),
+        content = RecordDict({**write_payload(new),
                               "metrics": MetricRecord({"num-examples": w,
                                                        "train-loss": float(pid)})})
         return Message(content, reply_to=msg)
@@ -175,9 +175,9 @@ def test_reply_without_weight_is_rejected() -> None:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        arrays: ArrayRecord = msg.content.array_records["arrays"]
-        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"x": 1.0})}),
-                       reply_to=msg)
+        payload = read_payload(msg.content)
+        return Message(RecordDict({**write_payload(payload),
+                                   "metrics": MetricRecord({"x": 1.0})}), reply_to=msg)
 
     with pytest.raises(AggregationError, match="num-examples"):
         run(app, n=2, k=2, min_replies=1)

@@ -71,3 +71,39 @@ def test_validate_payload_names_the_key() -> None:
     small = PayloadSpec.of({"w": np.zeros((2, 2), np.float32)}, max_bytes=8)
     with pytest.raises(PayloadError, match="size limit"):
         validate_payload({"w": np.zeros((2, 2), np.float32)}, small)
+
+
+def test_packed_wire_format_round_trips_by_key_and_is_compact() -> None:
+    from strategies.records import pack_payload, unpack_payload, wire_nbytes
+
+    rng = np.random.default_rng(0)
+    payload = {f"layer.{i}.lora_{ab}.weight": rng.standard_normal(
+        (8, 384) if ab == "A" else (384, 8)).astype(np.float32)
+        for i in range(6) for ab in "AB"}
+    payload["steps"] = np.arange(3, dtype=np.int64)
+    back = unpack_payload(*pack_payload(payload))
+    assert list(back) == list(payload)
+    for k in payload:
+        np.testing.assert_array_equal(back[k], payload[k])
+        assert back[k].dtype == payload[k].dtype
+    overhead = wire_nbytes(payload) / raw_nbytes(payload) - 1
+    assert 0 < overhead < 0.02
+
+
+@pytest.mark.parametrize(("layout", "match"), [
+    ('[["a", "float32", [2, 2]]]', "values not described"),
+    ('[["a", "float32", [9]]]', "runs past the end"),
+    ('[["a", "float64", [6]]]', "no float64 array"),
+    ('[["a", "float32", [3]], ["a", "float32", [3]]]', "duplicate key"),
+    ('[["a", "float32", [-6]]]', "malformed layout entry"),
+    ('{"a": 1}', "list of"),
+    ("not json", "not valid JSON"),
+])
+def test_malformed_layout_is_rejected(layout, match) -> None:
+    from flwr.app import ConfigRecord
+
+    from strategies.records import pack_payload, unpack_payload
+
+    arrays, _ = pack_payload({"a": np.zeros(6, np.float32)})
+    with pytest.raises(PayloadError, match=match):
+        unpack_payload(arrays, ConfigRecord({"layout": layout}))
