@@ -3,7 +3,8 @@
 Runs ``securefed run configs/quickstart.toml`` as a child process (Flower's simulation
 engine, as ``make demo`` does) and samples, every 0.25 s, the summed resident memory of
 the whole process tree: the CLI, the SuperLink, SuperExec, the simulation runtime and
-every Ray worker. Reports wall time, peak tree RSS, the final held-out accuracy and
+every Ray worker. Summing RSS counts pages shared between processes once per process,
+so the figure is an upper bound on the memory the run needs. Reports wall time, peak tree RSS, the final held-out accuracy and
 the per-round curve, and checks the issue's goals (<= 15 min on 2 cores, < 6 GB,
 accuracy >= 0.90).
 
@@ -80,6 +81,13 @@ class TreeMemory:
         self._thread.join(timeout=2)
 
 
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def run_demo(config: Path, out: Path) -> dict[str, Any]:
     """Run the demo command once; return timing, memory and accuracy figures."""
     cli = Path(sys.executable).parent / "securefed"
@@ -94,7 +102,7 @@ def run_demo(config: Path, out: Path) -> dict[str, Any]:
         raise SystemExit(f"demo failed with exit code {code}; see {out}.log")
     summary = json.loads((out / "summary.json").read_text())
     return {
-        "command": " ".join(["securefed", "run", str(config), "--out", str(out)]),
+        "command": " ".join(["securefed", "run", _rel(config), "--out", _rel(out)]),
         "wall_seconds": wall,
         "peak_rss_bytes": mem.peak,
         "peak_rss_gb": mem.peak / 1e9,

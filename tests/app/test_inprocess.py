@@ -27,6 +27,9 @@ from tests.app.conftest import tiny_config
     ("bert", "tweet-sentiment", "bitfit"),
     ("vit", "digits", "federa"),
     ("vit", "digits", "prompt"),
+    ("roberta", "bbc-news", "ffa-lora"),
+    ("dinov2", "cifar10-samples", "adapter"),
+    ("clip", "mnist-5k", "prefix"),
 ])
 def test_run_writes_a_complete_run_directory(tiny_backbones, tmp_path, model_type, dataset,
                                              method) -> None:
