@@ -4,9 +4,9 @@ Runs ``securefed run configs/quickstart.toml`` as a child process (Flower's simu
 engine, as ``make demo`` does) and samples, every 0.25 s, the summed resident memory of
 the whole process tree: the CLI, the SuperLink, SuperExec, the simulation runtime and
 every Ray worker. Summing RSS counts pages shared between processes once per process,
-so the figure is an upper bound on the memory the run needs. Reports wall time, peak tree RSS, the final held-out accuracy and
-the per-round curve, and checks the issue's goals (<= 15 min on 2 cores, < 6 GB,
-accuracy >= 0.90).
+so the figure is an upper bound on the memory the run needs. Reports wall time, peak
+tree RSS, the final held-out accuracy and the per-round curve, and checks the goals
+(<= 15 min on 2 cores, < 6 GB, accuracy >= 0.90).
 
 Usage::
 
