@@ -1,0 +1,123 @@
+"""Secure aggregation (SecAgg+): the pure building blocks.
+
+SecAgg+ (Bell et al. 2020, arXiv:2009.05807) builds on the secure aggregation of
+Bonawitz et al. 2017 (CCS, "Practical Secure Aggregation for Privacy-Preserving Machine
+Learning"): each client masks its quantised update so that the server learns only the
+sum, and survives a configured number of dropouts. Everything here is numpy and
+``cryptography`` only: no Flower, no torch, no I/O.
+
+What is here
+------------
+``quantize``
+    :class:`QuantizationConfig` (overflow bound checked when built), unbiased stochastic
+    rounding into ``Z_{2^b}`` (:func:`quantize`), :func:`dequantize_sum` and the proven
+    error bound :func:`sum_error_bound`. Out-of-range values are an error, or clipped
+    and counted; never silently saturated.
+``masks``
+    :func:`expand_mask` (full 256-bit seed → ChaCha20 → uniform over ``Z_{2^b}``),
+    signed :func:`pairwise_mask` and modular helpers.
+``shamir``
+    t-of-n Shamir sharing of 32-byte secrets over ``GF(2**521 - 1)``
+    (:func:`split`, :func:`combine`).
+``crypto``
+    X25519 key pairs, ECDH + HKDF-SHA256 with per-use labels, AES-256-GCM share
+    bundles bound to sender, receiver, round and stage.
+``graph``
+    The random k-regular (Harary) neighbour graph, validated ``(n, k, t)`` and the
+    union-bound :func:`recovery_failure_probability`.
+``errors``
+    :class:`SecAggError` and its subclasses.
+
+What comes next
+---------------
+The protocol itself, as explicit state machines with no I/O: client and server
+stages (advertise keys, share keys, collect masked inputs, unmask) with constant stage
+names and wire keys, the consistency rule (an honest client never reveals both shares
+of one peer), weighted means through a weight field, and the in-process
+``run_protocol(inputs, *, config, dropouts=None, rng=None)`` used by tests, benchmarks
+and ``securefed secagg plan``. Flower wiring lives outside this package.
+"""
+
+from __future__ import annotations
+
+from securefed.secagg.crypto import (
+    KEY_LABELS,
+    PAIRWISE_MASK_LABEL,
+    SHARE_ENCRYPTION_LABEL,
+    KeyPair,
+    associated_data,
+    decrypt_bundle,
+    derive_shared_key,
+    encrypt_bundle,
+    generate_keypair,
+    load_public_key,
+)
+from securefed.secagg.errors import DecryptionError, DropoutError, ProtocolError, SecAggError
+from securefed.secagg.graph import (
+    GraphConfig,
+    NeighbourGraph,
+    build_graph,
+    default_degree,
+    default_threshold,
+    recovery_failure_probability,
+)
+from securefed.secagg.masks import (
+    MASK_NONCE,
+    SEED_BYTES,
+    add_mod,
+    expand_mask,
+    neg_mod,
+    pairwise_mask,
+    pairwise_sign,
+    sum_mod,
+)
+from securefed.secagg.quantize import (
+    ClipReport,
+    QuantizationConfig,
+    dequantize_sum,
+    min_bits_for,
+    quantize,
+    sum_error_bound,
+)
+from securefed.secagg.shamir import PRIME, SECRET_BYTES, combine, split
+
+__all__ = [
+    "KEY_LABELS",
+    "MASK_NONCE",
+    "PAIRWISE_MASK_LABEL",
+    "PRIME",
+    "SECRET_BYTES",
+    "SEED_BYTES",
+    "SHARE_ENCRYPTION_LABEL",
+    "ClipReport",
+    "DecryptionError",
+    "DropoutError",
+    "GraphConfig",
+    "KeyPair",
+    "NeighbourGraph",
+    "ProtocolError",
+    "QuantizationConfig",
+    "SecAggError",
+    "add_mod",
+    "associated_data",
+    "build_graph",
+    "combine",
+    "decrypt_bundle",
+    "default_degree",
+    "default_threshold",
+    "dequantize_sum",
+    "derive_shared_key",
+    "encrypt_bundle",
+    "expand_mask",
+    "generate_keypair",
+    "load_public_key",
+    "min_bits_for",
+    "neg_mod",
+    "pairwise_mask",
+    "pairwise_sign",
+    "quantize",
+    "recovery_failure_probability",
+    "split",
+    "sum_error_bound",
+    "sum_mod",
+]
