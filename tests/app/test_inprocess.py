@@ -14,7 +14,7 @@ from flwr.clientapp import ClientApp
 from securefed.app import client_app as client_module
 from securefed.app.grid import InProcessGrid
 from securefed.app.launcher import preflight, run_inprocess
-from securefed.app.runtime import heldout_split, tuned_model
+from securefed.app.runtime import dataset_for, heldout_split, tuned_model
 from securefed.app.server_app import run_server
 from securefed.exceptions import AggregationError, ConfigError, OfflineError, UnknownNameError
 from securefed.report.recorder import SUMMARY_KEYS, read_metrics
@@ -48,7 +48,8 @@ def test_run_writes_a_complete_run_directory(tiny_backbones, tmp_path, model_typ
         assert row["rejected_replies"] == 0 and len(row["clients"]) == 2
         assert 0.0 <= row["accuracy"] <= 1.0
     parts = json.loads((tmp_path / "partitions.json").read_text())
-    assert sum(sum(c) for c in parts["clients"].values()) == 60
+    assert sum(sum(c) for c in parts["clients"].values()) == len(
+        dataset_for(cfg.data, cfg.experiment.seed).train)  # every training example, once
     assert (tmp_path / "adapter" / "securefed_method.json").is_file()
 
 
