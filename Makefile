@@ -35,6 +35,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check securefed strategies attacks tests bench
 	$(BIN)/mypy securefed strategies attacks
+	$(BIN)/mypy --explicit-package-bases bench
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

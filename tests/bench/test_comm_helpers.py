@@ -3,9 +3,10 @@ measurements on a tiny random BERT (real Flower serialisation, real tuning metho
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,12 @@ import pytest
 from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 
 from bench import _common, comm
-from securefed.models import Backbone, resolve_backbone, write_tiny_backbone
-from strategies.records import payload_to_record, raw_nbytes, serialized_nbytes
+from securefed.methods import create_method
+from securefed.models import Backbone, build_classifier, resolve_backbone, write_tiny_backbone
+from strategies.records import raw_nbytes, wire_nbytes
 
 CHUNK = FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
+Payload = dict[str, np.ndarray]
 
 DOC = """# Benchmarks
 
@@ -117,88 +120,107 @@ def test_markdown_table_escapes_pipes_and_checks_widths() -> None:
 # ---------------------------------------------------------------- wire accounting
 
 
-def test_distinct_payload_defeats_flower_deduplication() -> None:
-    zeros = {f"layer{i}.lora_B": np.zeros((16, 4), np.float32) for i in range(5)}
-    distinct = comm.distinct_payload(zeros)
-    assert {k: (v.shape, v.dtype) for k, v in distinct.items()} == {
+def test_wire_size_does_not_depend_on_values_below_a_chunk() -> None:
+    # LoRA-like: several all-zero B factors, identical to each other
+    zeros: Payload = {f"layer{i}.lora_B": np.zeros((16, 4), np.float32) for i in range(5)}
+    zeros["head.bias"] = np.zeros(3, np.float64)
+    rand = comm.random_like(zeros, seed=1)
+    assert {k: (v.shape, v.dtype) for k, v in rand.items()} == {
         k: (v.shape, v.dtype) for k, v in zeros.items()
     }
-    # identical tensors travel once; after "training" each one costs its own bytes
-    parts = comm.wire_breakdown(payload_to_record(distinct))
-    assert parts.num_arrays == 5
-    assert serialized_nbytes(payload_to_record(zeros)) < serialized_nbytes(
-        payload_to_record(distinct)
-    )
-    assert parts.total == serialized_nbytes(payload_to_record(distinct))
-    assert parts.tensor_data == raw_nbytes(zeros)
+    assert all(np.any(v != 0) for v in rand.values())
+    # one flat array per dtype: identical tensors no longer travel once
+    assert comm.wire_bytes(zeros) == wire_nbytes(zeros) == wire_nbytes(rand)
 
 
-def test_wire_breakdown_counts_chunks_of_a_large_tensor() -> None:
-    # 3.5 chunks of zeros: the .npy header makes chunk 0 unique, chunks 1 and 2 are
-    # identical and travel once, the short tail chunk 3 differs.
-    n = (7 * CHUNK // 2) // 4
-    zeros = {"big": np.zeros(n, np.float32)}
-    record = payload_to_record(zeros)
-    array = next(iter(record.values()))
-    parts = comm.wire_breakdown(record)
-    assert len(array.data) == n * 4 + parts.npy_headers
-    assert math.ceil(len(array.data) / CHUNK) == 4
-    assert json.loads(array.deflate().split(b"\0", 1)[1])["arraychunk_ids"] == [0, 1, 1, 2]
-    assert parts.num_chunks == 3
-    assert parts.tensor_data == n * 4 - CHUNK  # the repeated chunk is not sent again
-    assert parts.total == serialized_nbytes(record)
-    sent = payload_to_record(comm.distinct_payload(zeros))
-    distinct = comm.wire_breakdown(sent)
-    assert distinct.num_chunks == 4
-    assert distinct.tensor_data == n * 4
-    assert distinct.total == serialized_nbytes(sent)
-    assert distinct.chunk_headers > parts.chunk_headers
+def test_wire_bytes_rejects_value_dependent_sizes() -> None:
+    # 3.5 chunks of zeros: chunk 0 starts with the .npy header, chunks 1 and 2 hold the
+    # same bytes and travel once, the short chunk 3 differs
+    zeros = {"big": np.zeros((7 * CHUNK // 2) // 4, np.float32)}
+    assert wire_nbytes(zeros) < wire_nbytes(comm.random_like(zeros)) - CHUNK
+    with pytest.raises(AssertionError, match="depends on the tensor values"):
+        comm.wire_bytes(zeros)
+
+
+def _mixed_payload() -> Payload:
+    return {
+        "a": np.array([[1.5, np.nan, -0.0], [np.inf, 2.0, 3.0]], np.float32),
+        "b": np.arange(7, dtype=np.int64),
+        "c": np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32),
+        "d": np.zeros((2, 0), np.float64),
+    }
 
 
 def test_roundtrip_returns_the_payload_bit_for_bit() -> None:
-    payload = comm.distinct_payload({"a": np.zeros((3, 5), np.float32), "b": np.ones(7)})
+    payload = _mixed_payload()
     back = comm.roundtrip(payload)
-    assert list(back) == ["a", "b"]
+    assert list(back) == ["a", "b", "c", "d"]
     for key, value in payload.items():
         assert back[key].dtype == value.dtype
-        np.testing.assert_array_equal(back[key], value)
+        assert back[key].shape == value.shape
+        assert back[key].tobytes() == value.tobytes()  # NaN and -0.0 included
+    comm.check_roundtrip(payload)
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda p: dict(reversed(list(p.items()))),
+        lambda p: {**p, "a": p["a"].astype(np.float64)},
+        lambda p: {**p, "c": -p["c"]},
+        lambda p: {**p, "a": p["a"] + np.float32(0.0)},  # -0.0 becomes 0.0, NaN stays
+    ],
+    ids=["order", "dtype", "values", "signed-zero"],
+)
+def test_check_roundtrip_catches_any_change(monkeypatch: pytest.MonkeyPatch,
+                                            corrupt: Callable[[Payload], Payload]) -> None:
+    real = comm.roundtrip
+    monkeypatch.setattr(comm, "roundtrip", lambda p: corrupt(real(p)))
+    with pytest.raises(AssertionError, match="round trip changed"):
+        comm.check_roundtrip(_mixed_payload())
 
 
 # ------------------------------------------------------------- per-method numbers
 
 
 def test_measure_method_on_a_tiny_backbone(tiny: Backbone) -> None:
-    t0 = time.perf_counter()
     row = comm.measure_method("lora", tiny, repeats=2)
-    assert time.perf_counter() - t0 < 10
+    method = create_method("lora")
+    model = method.apply(build_classifier(tiny, 5, seed=0), tiny.architecture, seed=0)
+    payload = method.payload(model)
 
     assert row.method == "lora"
     assert row.params["r"] == 8
-    assert row.raw_bytes == 4 * row.trainable_params
-    # 2 layers x (query, value) x (A, B) + classifier weight and bias
-    assert row.num_tensors == 10
-    assert row.breakdown.num_arrays == row.num_tensors
-    assert row.breakdown.num_chunks == row.num_tensors
-    assert row.breakdown.tensor_data == row.raw_bytes
-    assert row.breakdown.total == row.serialized_bytes
-    assert row.overhead == pytest.approx((row.serialized_bytes - row.raw_bytes) / row.raw_bytes)
-    # every tensor pays at least its .npy header plus two 64-hex ids on the wire
-    assert row.overhead_bytes_per_tensor > 128 + 2 * 64
-    # the four zero-initialised B factors share one shape: they travel once at init
-    assert row.serialized_bytes_init < row.serialized_bytes
+    # 2 layers x (query, value) x (A, B) + classifier weight and bias, all float32
+    assert row.num_tensors == len(payload) == 10
+    assert row.num_arrays == 1
+    assert row.trainable_params == sum(v.size for v in payload.values())
+    assert row.raw_bytes == raw_nbytes(payload) == 4 * row.trainable_params
+    assert row.wire_bytes == wire_nbytes(payload)
+    assert row.overhead == pytest.approx((row.wire_bytes - row.raw_bytes) / row.raw_bytes)
+    # the overhead's parts: layout JSON as records.py writes it, one .npy header, objects
+    layout = json.dumps([[k, "float32", list(v.shape)] for k, v in payload.items()])
+    assert row.layout_json_bytes == len(layout.encode())
+    assert row.npy_header_bytes % 64 == 0
+    assert 0 < row.npy_header_bytes <= 128
+    assert row.layout_json_bytes + row.npy_header_bytes + row.object_bytes == (
+        row.wire_bytes - row.raw_bytes
+    )
+    # the record's and the array's headers carry at least three 64-hex content ids
+    assert row.object_bytes > 3 * 64
     assert row.share_of_full is None
     assert len(row.roundtrip_samples) == 2
     assert row.roundtrip_seconds == pytest.approx(float(np.median(row.roundtrip_samples)))
-    assert json.loads(json.dumps(row.to_json()))["breakdown"]["overhead"] == (
-        row.serialized_bytes - row.raw_bytes
-    )
+    note = comm.overhead_note(dataclasses.asdict(row))
+    assert f"{row.layout_json_bytes:,} B" in note
+    assert "one `.npy` header" in note
 
 
 def test_measure_all_fills_share_of_full_and_goals(tiny: Backbone) -> None:
     rows = comm.measure_all(tiny, methods=["full", "ffa-lora"], repeats=1)
     full, ffa = rows
     assert full.share_of_full == 1.0
-    assert ffa.share_of_full == pytest.approx(ffa.serialized_bytes / full.serialized_bytes)
+    assert ffa.share_of_full == pytest.approx(ffa.wire_bytes / full.wire_bytes)
     # FFA-LoRA freezes A: half of LoRA's factor tensors, B only (+ head)
     assert ffa.num_tensors == 2 * 2 + 2
     goals = comm.evaluate_goals(rows)
@@ -231,11 +253,13 @@ def test_main_writes_json_and_only_its_readme_section(tiny: Backbone, tmp_path: 
     assert {"torch", "flwr"} <= set(report["machine"]["versions"])
     assert report["lora_round"] is None
     assert len(report["goals"]) == 2 * len(comm.LORA_FAMILY)
+    assert "layout JSON" in report["overhead_note"]
     text = readme.read_text()
     assert "old comm table" not in text
     assert "he table" in text
     assert "| lora |" in text
     assert "share of full" in text
+    assert report["overhead_note"] in text
 
 
 def test_real_round_bytes_match_the_measurement(tiny: Backbone, tmp_path: Path) -> None:
@@ -244,8 +268,9 @@ def test_real_round_bytes_match_the_measurement(tiny: Backbone, tmp_path: Path) 
     check = comm.lora_round_check(tiny.path, row, tmp_path)
     assert check["status"] == "completed"
     assert check["clients"] == 2
-    assert check["bytes_up_per_client"] == row.serialized_bytes
-    assert check["bytes_down_per_client"] == row.serialized_bytes_init
-    assert check["up_matches"]
-    assert check["down_matches"]
-    assert check["raw_matches"]
+    assert check["bytes_up_per_client"] == check["expected_bytes_up"] == row.wire_bytes
+    assert check["bytes_down_per_client"] == check["expected_bytes_down"] == row.wire_bytes
+    assert comm.round_ok(check)
+    for key in ("up_matches", "down_matches", "benchmark_matches", "raw_matches"):
+        assert not comm.round_ok({**check, key: False})
+    assert not comm.round_ok({**check, "status": "failed"})
