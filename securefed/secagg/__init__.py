@@ -28,18 +28,23 @@ What is here
 ``errors``
     :class:`SecAggError` and its subclasses.
 
-What comes next
----------------
-The protocol itself, as explicit state machines with no I/O: client and server
-stages (advertise keys, share keys, collect masked inputs, unmask) with constant stage
-names and wire keys, the consistency rule (an honest client never reveals both shares
-of one peer), weighted means through a weight field, and the in-process
-``run_protocol(inputs, *, config, dropouts=None, rng=None)`` used by tests, benchmarks
-and ``securefed secagg plan``. Flower wiring lives outside this package.
+``messages``
+    Stage names (:data:`ADVERTISE_KEYS`, :data:`SHARE_KEYS`, :data:`MASKED_INPUT`,
+    :data:`UNMASK`, :data:`DONE`), :class:`SecAggConfig` / :func:`make_config`, and the
+    frozen message dataclasses with deterministic wire sizes.
+``client`` / ``server``
+    :class:`SecAggClient` and :class:`SecAggServer`: explicit state machines with no
+    I/O; the client enforces the consistency rule (never both shares of one peer), the
+    server validates every message and raises :class:`DropoutError` rather than ever
+    return a wrong aggregate.
+``protocol``
+    :func:`run_protocol`, the in-process round used by tests, benchmarks and
+    ``securefed secagg plan``. Flower wiring lives outside this package.
 """
 
 from __future__ import annotations
 
+from securefed.secagg.client import SecAggClient
 from securefed.secagg.crypto import (
     KEY_LABELS,
     PAIRWISE_MASK_LABEL,
@@ -71,6 +76,30 @@ from securefed.secagg.masks import (
     pairwise_sign,
     sum_mod,
 )
+from securefed.secagg.messages import (
+    ADVERTISE_KEYS,
+    DONE,
+    MASKED_INPUT,
+    SHARE_KEYS,
+    STAGES,
+    UNMASK,
+    AdvertiseKeys,
+    KeysBroadcast,
+    MaskedInput,
+    SecAggConfig,
+    ShareBundle,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+    make_config,
+)
+from securefed.secagg.protocol import (
+    DROPOUT_STAGES,
+    ProtocolResult,
+    flatten_payload,
+    run_protocol,
+    unflatten,
+)
 from securefed.secagg.quantize import (
     ClipReport,
     QuantizationConfig,
@@ -79,25 +108,45 @@ from securefed.secagg.quantize import (
     quantize,
     sum_error_bound,
 )
+from securefed.secagg.server import AggregateResult, SecAggServer
 from securefed.secagg.shamir import PRIME, SECRET_BYTES, combine, split
 
 __all__ = [
+    "ADVERTISE_KEYS",
+    "DONE",
+    "DROPOUT_STAGES",
     "KEY_LABELS",
+    "MASKED_INPUT",
     "MASK_NONCE",
     "PAIRWISE_MASK_LABEL",
     "PRIME",
     "SECRET_BYTES",
     "SEED_BYTES",
     "SHARE_ENCRYPTION_LABEL",
+    "SHARE_KEYS",
+    "STAGES",
+    "UNMASK",
+    "AdvertiseKeys",
+    "AggregateResult",
     "ClipReport",
     "DecryptionError",
     "DropoutError",
     "GraphConfig",
     "KeyPair",
+    "KeysBroadcast",
+    "MaskedInput",
     "NeighbourGraph",
     "ProtocolError",
+    "ProtocolResult",
     "QuantizationConfig",
+    "SecAggClient",
+    "SecAggConfig",
     "SecAggError",
+    "SecAggServer",
+    "ShareBundle",
+    "ShareKeys",
+    "UnmaskRequest",
+    "UnmaskResponse",
     "add_mod",
     "associated_data",
     "build_graph",
@@ -109,15 +158,19 @@ __all__ = [
     "derive_shared_key",
     "encrypt_bundle",
     "expand_mask",
+    "flatten_payload",
     "generate_keypair",
     "load_public_key",
+    "make_config",
     "min_bits_for",
     "neg_mod",
     "pairwise_mask",
     "pairwise_sign",
     "quantize",
     "recovery_failure_probability",
+    "run_protocol",
     "split",
     "sum_error_bound",
     "sum_mod",
+    "unflatten",
 ]

@@ -1,0 +1,301 @@
+"""The SecAgg+ client as an explicit state machine with no I/O.
+
+One :class:`SecAggClient` walks the stages of Bell et al. 2020 (arXiv:2009.05807, on
+Bonawitz et al. 2017) once, for one round::
+
+    advertise_keys()            ADVERTISE_KEYS -> SHARE_KEYS
+    share_keys(KeysBroadcast)   SHARE_KEYS     -> MASKED_INPUT
+    masked_input(ShareBundle,   MASKED_INPUT   -> UNMASK
+                 x, weight)
+    unmask(UnmaskRequest)       UNMASK         -> DONE
+
+Calling a method in any other stage raises :class:`ProtocolError` naming the current
+and the expected stage. A method that raises leaves the stage unchanged.
+
+The masked input of client ``u`` is ``y_u = q(x_u) + PRG(b_u) + sum_v sign(u, v)
+PRG(s_uv) mod 2**bits`` over the neighbours ``v`` whose share bundles reached ``u``,
+with ``sign = +1`` if ``u < v`` else ``-1``. ``b_u`` is a fresh 32-byte seed and
+``s_uv`` the HKDF key of ``ECDH(s_u, s_v)``; ``b_u`` and the private key ``s_u`` are
+Shamir-shared (threshold ``t``) among the neighbours.
+
+Consistency rule: in the unmask stage the client reveals, for each neighbour, either
+the share of its self-mask seed (neighbour survived) or of its pairwise key (neighbour
+dropped), never both; a request for both, for a non-neighbour, or for a neighbour
+whose shares it never received is refused with :class:`ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+import numpy.typing as npt
+
+from securefed.exceptions import ConfigError, PayloadError
+from securefed.secagg.crypto import (
+    PAIRWISE_MASK_LABEL,
+    PUBLIC_KEY_BYTES,
+    SHARE_ENCRYPTION_LABEL,
+    KeyPair,
+    decrypt_bundle,
+    derive_shared_key,
+    encrypt_bundle,
+    generate_keypair,
+)
+from securefed.secagg.errors import ProtocolError
+from securefed.secagg.masks import SEED_BYTES, add_mod, expand_mask, pairwise_mask, pairwise_sign
+from securefed.secagg.messages import (
+    ADVERTISE_KEYS,
+    DONE,
+    MASKED_INPUT,
+    SHARE_BYTES,
+    SHARE_KEYS,
+    UNMASK,
+    AdvertiseKeys,
+    KeysBroadcast,
+    MaskedInput,
+    SecAggConfig,
+    ShareBundle,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from securefed.secagg.quantize import ClipReport, quantize
+from securefed.secagg.shamir import PRIME, split
+
+__all__ = ["SecAggClient"]
+
+
+def _check_stage(current: str, expected: str, action: str) -> None:
+    if current != expected:
+        raise ProtocolError(
+            f"{action} is only legal in stage {expected!r}; current stage is {current!r}"
+        )
+
+
+class SecAggClient:
+    """One client of a SecAgg+ round.
+
+    Parameters
+    ----------
+    client_id : int
+        The client's id, ``>= 1`` (also its Shamir x-coordinate).
+    config : SecAggConfig
+        The round's shared config.
+    rng_for_quantization : numpy.random.Generator
+        Randomness of the stochastic rounding only; keys, seeds and Shamir coefficients
+        always come from the operating system's CSPRNG.
+    """
+
+    def __init__(
+        self, client_id: int, config: SecAggConfig, rng_for_quantization: np.random.Generator
+    ) -> None:
+        if isinstance(client_id, bool) or not isinstance(client_id, int) or client_id < 1:
+            raise ConfigError(f"client_id must be an int >= 1, got {client_id!r}")
+        if not isinstance(config, SecAggConfig):
+            raise ConfigError(f"config must be a SecAggConfig, got {config!r}")
+        if not isinstance(rng_for_quantization, np.random.Generator):
+            raise ConfigError(
+                "rng_for_quantization must be a numpy.random.Generator, got "
+                f"{type(rng_for_quantization).__name__}"
+            )
+        self.client_id = client_id
+        self.config = config
+        self._rng = rng_for_quantization
+        self._stage = ADVERTISE_KEYS
+        self._c: KeyPair | None = None
+        self._s: KeyPair | None = None
+        self._neighbour_keys: dict[int, tuple[bytes, bytes]] = {}
+        self._b_seed = b""
+        self._held: dict[int, tuple[int, int]] = {}  # peer -> (b share, s share)
+        self.clip_report: ClipReport | None = None
+
+    @property
+    def stage(self) -> str:
+        """The current stage (one of :data:`~securefed.secagg.messages.STAGES`)."""
+        return self._stage
+
+    def advertise_keys(self) -> AdvertiseKeys:
+        """Generate the key pairs ``c_u`` and ``s_u`` and advertise their public halves."""
+        _check_stage(self._stage, ADVERTISE_KEYS, "advertise_keys")
+        self._c, self._s = generate_keypair(), generate_keypair()
+        self._stage = SHARE_KEYS
+        return AdvertiseKeys(self.client_id, self._c.public_bytes, self._s.public_bytes)
+
+    def share_keys(self, broadcast: KeysBroadcast) -> ShareKeys:
+        """Shamir-share ``b_u`` and ``s_u`` among the neighbours; encrypt one bundle each.
+
+        Raises
+        ------
+        ProtocolError
+            If the broadcast is for another client, lists this client, holds malformed
+            keys, repeats a key, or names fewer than ``t`` neighbours.
+        """
+        _check_stage(self._stage, SHARE_KEYS, "share_keys")
+        assert self._c is not None and self._s is not None
+        if not isinstance(broadcast, KeysBroadcast) or broadcast.receiver != self.client_id:
+            raise ProtocolError(f"expected the KeysBroadcast for client {self.client_id}")
+        neighbours = dict(broadcast.neighbours)
+        t = self.config.graph.threshold
+        if self.client_id in neighbours:
+            raise ProtocolError("a client is not its own neighbour")
+        if len(neighbours) < t:
+            raise ProtocolError(f"{len(neighbours)} neighbours cannot hold a {t}-of-k sharing")
+        seen = {self._c.public_bytes, self._s.public_bytes}
+        for peer, keys in neighbours.items():
+            ok = isinstance(peer, int) and not isinstance(peer, bool) and peer >= 1
+            if not ok or not isinstance(keys, tuple) or len(keys) != 2:
+                raise ProtocolError(f"malformed neighbour entry {peer!r}")
+            for key in keys:
+                if not isinstance(key, bytes) or len(key) != PUBLIC_KEY_BYTES or key in seen:
+                    raise ProtocolError(f"malformed or repeated public key of client {peer}")
+                seen.add(key)
+        self._b_seed = secrets.token_bytes(SEED_BYTES)
+        ids = sorted(neighbours)
+        b_shares = split(self._b_seed, t, ids)
+        s_shares = split(self._s.private_key.private_bytes_raw(), t, ids)
+        ciphertexts = {}
+        for peer in ids:
+            key = derive_shared_key(
+                self._c.private_key,
+                neighbours[peer][0],
+                SHARE_ENCRYPTION_LABEL,
+                context=self.config.context,
+            )
+            plain = b_shares[peer].to_bytes(SHARE_BYTES, "big") + s_shares[peer].to_bytes(
+                SHARE_BYTES, "big"
+            )
+            ciphertexts[peer] = encrypt_bundle(
+                key,
+                plain,
+                sender=self.client_id,
+                receiver=peer,
+                round_id=self.config.round_id,
+                stage=SHARE_KEYS,
+            )
+        self._neighbour_keys = neighbours
+        self._stage = MASKED_INPUT
+        return ShareKeys(self.client_id, ciphertexts)
+
+    def _decrypt_bundles(self, bundle: ShareBundle) -> dict[int, tuple[int, int]]:
+        assert self._c is not None
+        if not isinstance(bundle, ShareBundle) or bundle.receiver != self.client_id:
+            raise ProtocolError(f"expected the ShareBundle for client {self.client_id}")
+        held: dict[int, tuple[int, int]] = {}
+        for peer, ct in dict(bundle.ciphertexts).items():
+            if peer not in self._neighbour_keys:
+                raise ProtocolError(f"share bundle from {peer!r}, which is not a neighbour")
+            key = derive_shared_key(
+                self._c.private_key,
+                self._neighbour_keys[peer][0],
+                SHARE_ENCRYPTION_LABEL,
+                context=self.config.context,
+            )
+            plain = decrypt_bundle(
+                key,
+                ct,
+                sender=peer,
+                receiver=self.client_id,
+                round_id=self.config.round_id,
+                stage=SHARE_KEYS,
+            )
+            if len(plain) != 2 * SHARE_BYTES:
+                raise ProtocolError(f"share bundle from {peer} has {len(plain)} bytes")
+            b_share = int.from_bytes(plain[:SHARE_BYTES], "big")
+            s_share = int.from_bytes(plain[SHARE_BYTES:], "big")
+            if b_share >= PRIME or s_share >= PRIME:
+                raise ProtocolError(f"share from {peer} is not a field element")
+            held[peer] = (b_share, s_share)
+        return held
+
+    def masked_input(
+        self, bundle: ShareBundle, x: npt.ArrayLike, weight: int | None = None
+    ) -> MaskedInput:
+        """Decrypt the received shares, then quantise and mask ``x``.
+
+        Parameters
+        ----------
+        bundle : ShareBundle
+            The share bundles the server routed to this client; their senders are the
+            neighbours this client masks with.
+        x : array_like of float
+            ``vector_length`` values in the clipping range (pre-scaled by the weight
+            for weighted means).
+        weight : int or None
+            The integer weight sent in the last coordinate; required exactly when the
+            config has a weight field (``max_weight > 0``).
+
+        Raises
+        ------
+        ProtocolError, DecryptionError
+            If a bundle is not from a neighbour or fails authentication.
+        PayloadError
+            If ``x`` has the wrong length or non-finite values, or ``weight`` is wrong.
+        PrivacyError
+            If a value is outside the clipping range (``on_overflow="error"``).
+        """
+        _check_stage(self._stage, MASKED_INPUT, "masked_input")
+        cfg = self.config
+        arr = np.asarray(x, dtype=np.float64)
+        if arr.ndim != 1 or arr.size != cfg.vector_length:
+            raise PayloadError(f"x must be a vector of length {cfg.vector_length}, got {arr.shape}")
+        if cfg.has_weight:
+            max_w = cfg.quantization.max_weight
+            ok = isinstance(weight, int | np.integer) and not isinstance(weight, bool)
+            if not ok or not 0 <= int(weight) <= max_w:  # type: ignore[arg-type]
+                raise PayloadError(f"weight must be an int in [0, {max_w}], got {weight!r}")
+        elif weight is not None:
+            raise PayloadError("weight given but the config has no weight field (max_weight=0)")
+        held = self._decrypt_bundles(bundle)
+        q, report = quantize(arr, cfg.quantization, self._rng)
+        if cfg.has_weight:
+            q = np.append(q, np.uint64(int(weight))).astype(np.uint64)  # type: ignore[arg-type]
+        y = add_mod(q, expand_mask(self._b_seed, cfg.masked_length, cfg.bits), cfg.bits)
+        assert self._s is not None
+        for peer in sorted(held):
+            s_uv = derive_shared_key(
+                self._s.private_key,
+                self._neighbour_keys[peer][1],
+                PAIRWISE_MASK_LABEL,
+                context=cfg.context,
+            )
+            sign = pairwise_sign(self.client_id, peer)
+            y = add_mod(y, pairwise_mask(s_uv, cfg.masked_length, cfg.bits, sign), cfg.bits)
+        self._held = held
+        self.clip_report = report
+        self._stage = UNMASK
+        return MaskedInput(self.client_id, y, cfg.bits)
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        """Reveal self-mask shares of surviving and key shares of dropped neighbours.
+
+        Raises
+        ------
+        ProtocolError
+            If the request is for another client, a peer is both surviving and dropped
+            (the consistency rule), or a peer is not a neighbour whose shares this
+            client holds.
+        """
+        _check_stage(self._stage, UNMASK, "unmask")
+        if not isinstance(request, UnmaskRequest) or request.receiver != self.client_id:
+            raise ProtocolError(f"expected the UnmaskRequest for client {self.client_id}")
+        survivors, dropped = set(request.survivors), set(request.dropped)
+        both = survivors & dropped
+        if both:
+            raise ProtocolError(
+                f"consistency rule: refusing to reveal both the self-mask and the pairwise-key "
+                f"share of {sorted(both)}"
+            )
+        unknown = (survivors | dropped) - set(self._held)
+        if unknown:
+            raise ProtocolError(
+                f"asked for shares of {sorted(unknown, key=repr)}, which are not neighbours "
+                "whose shares this client holds"
+            )
+        response = UnmaskResponse(
+            self.client_id,
+            b_shares={p: self._held[p][0] for p in sorted(survivors)},
+            s_shares={p: self._held[p][1] for p in sorted(dropped)},
+        )
+        self._stage = DONE
+        return response
