@@ -8,6 +8,8 @@ Commands
     List tuning methods with trainable-parameter and payload sizes.
 ``securefed backbones`` / ``securefed datasets``
     List the registered aliases.
+``securefed privacy epsilon|noise ...``
+    Privacy accounting: epsilon of a DP-SGD schedule, or the noise for a target epsilon.
 """
 
 from __future__ import annotations
@@ -120,6 +122,15 @@ def datasets() -> None:
 
     for name in dataset_names():
         console.print(name)
+
+
+def _mount_subcommands() -> None:
+    from securefed.privacy.cli import privacy_app
+
+    app.add_typer(privacy_app, name="privacy")
+
+
+_mount_subcommands()
 
 
 def main() -> None:
