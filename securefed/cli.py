@@ -10,6 +10,8 @@ Commands
     List the registered aliases.
 ``securefed privacy epsilon|noise ...``
     Privacy accounting: epsilon of a DP-SGD schedule, or the noise for a target epsilon.
+``securefed secagg plan --clients N --params P --dropout-rate R [--json]``
+    Size a SecAgg+ deployment: graph degree, threshold, bits, bytes per stage.
 """
 
 from __future__ import annotations
@@ -123,8 +125,10 @@ def datasets() -> None:
 
 def _mount_subcommands() -> None:
     from securefed.privacy.cli import privacy_app
+    from securefed.secagg.cli import secagg_app
 
     app.add_typer(privacy_app, name="privacy")
+    app.add_typer(secagg_app, name="secagg")
 
 
 _mount_subcommands()

@@ -21,6 +21,7 @@ from securefed.data import (
     text_list,
 )
 from securefed.data import base as data_base
+from securefed.data import hub as data_hub
 from securefed.exceptions import AssetError, ConfigError, OfflineError, UnknownNameError
 
 # name -> (modality, num_classes, total examples, image shape or None). Text corpora are
@@ -173,8 +174,24 @@ def test_hub_failure_becomes_offline_error(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", boom)
-    with pytest.raises(OfflineError, match="no route to host"):
+    monkeypatch.setattr(data_hub, "hub_reachable", lambda: True)  # the probe passed...
+    with pytest.raises(OfflineError, match="no route to host"):  # ...the download did not
         load_dataset("org/failing-dataset")
+
+
+def test_unreachable_hub_fails_fast_without_trying_to_download(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("load_dataset must not be called")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", never)
+    monkeypatch.setattr(data_hub, "hub_reachable", lambda: False)
+    with pytest.raises(OfflineError, match=r"cannot be reached.*bbc-news"):
+        load_dataset("org/other-dataset")
 
 
 def test_fashion_mnist_absent_names_apt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
