@@ -206,8 +206,22 @@ def build_graph(
 
 
 def _binom_cdf_below(k: int, p: float, t: int) -> float:
-    """``P[Binom(k, p) < t]`` summed exactly term by term."""
-    return math.fsum(math.comb(k, j) * p**j * (1.0 - p) ** (k - j) for j in range(min(t, k + 1)))
+    """``P[Binom(k, p) < t]``, summed term by term in log space.
+
+    ``math.comb(k, j)`` overflows a float for ``k`` beyond about 1000, so each term is
+    ``exp(log C(k, j) + j log p + (k - j) log(1 - p))``, shifted by the largest term.
+    """
+    terms = range(min(t, k + 1))
+    if not terms:
+        return 0.0
+    if p <= 0.0:
+        return 1.0  # Binom = 0 < t
+    if p >= 1.0:
+        return 1.0 if t > k else 0.0
+    logs = [math.lgamma(k + 1) - math.lgamma(j + 1) - math.lgamma(k - j + 1)
+            + j * math.log(p) + (k - j) * math.log1p(-p) for j in terms]
+    top = max(logs)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(v - top) for v in logs))
 
 
 def recovery_failure_probability(n: int, k: int, t: int, dropout_rate: float) -> float:

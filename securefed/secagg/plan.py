@@ -93,31 +93,9 @@ MAX_AUTO_DEGREE = 1024
 _STAGES = (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, UNMASK)
 
 
-def _log_failure(n: int, k: int, t: int, p: float) -> float:
-    """The same union bound as the graph module, in log space (no float overflow)."""
-    q = 1.0 - p  # survival probability
-    if q <= 0.0:
-        return 1.0 if t > 0 else 0.0
-    if p <= 0.0:
-        return 0.0
-    logs = [
-        math.lgamma(k + 1) - math.lgamma(j + 1) - math.lgamma(k - j + 1)
-        + j * math.log(q) + (k - j) * math.log(p)
-        for j in range(min(t, k + 1))
-    ]
-    top = max(logs)
-    tail = math.exp(top) * math.fsum(math.exp(v - top) for v in logs)
-    return min(1.0, n * tail)
-
-
 def failure_probability(n: int, k: int, t: int, dropout_rate: float) -> float:
-    """:func:`~securefed.secagg.graph.recovery_failure_probability`, with a log-space
-    fallback for degrees whose binomial coefficients overflow a float (``k`` > ~1000)."""
-    try:
-        return recovery_failure_probability(n, k, t, dropout_rate)
-    except OverflowError:
-        GraphConfig(num_clients=n, degree=k, threshold=t)
-        return _log_failure(n, k, t, float(dropout_rate))
+    """:func:`~securefed.secagg.graph.recovery_failure_probability` (an upper bound)."""
+    return recovery_failure_probability(n, k, t, dropout_rate)
 
 
 @dataclass(frozen=True)
