@@ -8,6 +8,7 @@ A config file has one table per concern::
     [method]       name + the method's own parameters (r, alpha, num_tokens, ...)
     [federation]   rounds, clients_per_round, min_replies, ...
     [train]        local_epochs, batch_size, lr, ...
+    [capture]      round, client_index (save one client's reply for attack evaluation)
 
 Every table is a frozen dataclass validated in ``__post_init__``; an unknown key is a
 :class:`~securefed.exceptions.ConfigError` naming it and listing the valid keys, and a
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 from securefed.exceptions import ConfigError
 
 __all__ = [
+    "CaptureConfig",
     "DataConfig",
     "ExperimentConfig",
     "FederationConfig",
@@ -180,6 +182,25 @@ class TrainConfig:
                  ">= 0 (0 = torch default)")
 
 
+@dataclass(frozen=True)
+class CaptureConfig:
+    """``[capture]``: save one client's reply exactly as the server received it.
+
+    ``round = 0`` disables capture. Otherwise the reply of the ``client_index``-th
+    sampled client in that round (before aggregation), the global payload the server
+    sent it, and the metadata go to ``<run dir>/captures/`` — the observation a
+    gradient-inversion attack against that client starts from.
+    """
+
+    round: int = 0
+    client_index: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.round >= 0, "capture", "round", self.round, ">= 0 (0 = off)")
+        _require(self.client_index >= 0, "capture", "client_index", self.client_index,
+                 "must be >= 0")
+
+
 _TABLES: dict[str, type] = {
     "experiment": MetaConfig,
     "model": ModelConfig,
@@ -187,6 +208,7 @@ _TABLES: dict[str, type] = {
     "method": MethodConfig,
     "federation": FederationConfig,
     "train": TrainConfig,
+    "capture": CaptureConfig,
 }
 
 C = TypeVar("C")
@@ -243,9 +265,16 @@ class ExperimentConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
 
     def __post_init__(self) -> None:
         fed, data = self.federation, self.data
+        if self.capture.round > fed.rounds:
+            raise ConfigError(f"[capture] round = {self.capture.round} exceeds "
+                              f"[federation] rounds = {fed.rounds}")
+        if self.capture.client_index >= fed.clients_per_round:
+            raise ConfigError(f"[capture] client_index = {self.capture.client_index} must be "
+                              f"< [federation] clients_per_round = {fed.clients_per_round}")
         if fed.clients_per_round > data.num_clients:
             raise ConfigError(
                 f"[federation] clients_per_round = {fed.clients_per_round} exceeds "

@@ -78,6 +78,14 @@ class RoundObserver(Protocol):
                           rejected: Mapping[int, str]) -> None:
         """Called after federated evaluation was aggregated."""
 
+    def on_reply(self, server_round: int, position: int, node: int,
+                 payload: Mapping[str, np.ndarray], weight: float,
+                 global_payload: Mapping[str, np.ndarray]) -> None:
+        """Called with every valid reply, exactly as the server received it, before
+        aggregation; ``position`` is the node's index in the round's sample. This is
+        the honest-but-curious server's view (plaintext aggregation), which the
+        attack harness captures."""
+
 
 def _metric_dict(record: MetricRecord | None) -> dict[str, float]:
     if record is None:
@@ -144,6 +152,7 @@ class AdapterFedAvg(FedAvg):
         self.observer = observer
         self.node_wait_s = node_wait_s
         self.spec: PayloadSpec | None = None
+        self._global_sent: dict[str, np.ndarray] = {}
         self.history: list[TrainRoundStats] = []
         self._current: TrainRoundStats | None = None
 
@@ -177,6 +186,7 @@ class AdapterFedAvg(FedAvg):
             self.spec = PayloadSpec.of(record_to_payload(arrays),
                                        max_bytes=self.max_payload_bytes)
         nodes = self._sample(grid, self.clients_per_round)
+        self._global_sent = record_to_payload(arrays)
         self._current = TrainRoundStats(
             server_round=server_round,
             sampled=nodes,
@@ -249,6 +259,10 @@ class AdapterFedAvg(FedAvg):
                             exc)
                 continue
             stats.accepted.append(node)
+            if self.observer is not None:
+                position = stats.sampled.index(node) if node in stats.sampled else -1
+                self.observer.on_reply(server_round, position, node, payload, weight,
+                                       self._global_sent)
             payloads.append(payload)
             weights.append(weight)
             contents.append(msg.content)

@@ -70,6 +70,8 @@ def test_pyproject_flower_defaults_parse() -> None:
         ({"train": {"lr": "fast"}}, r"lr = 'fast' has the wrong type"),
         ({"train": {"batch_size": 1.5}}, r"batch_size"),
         ({"federation": {"central_eval": 1}}, r"central_eval"),
+        ({"capture": {"round": 11}}, r"\[capture\] round = 11 exceeds"),
+        ({"capture": {"round": 1, "client_index": 5}}, r"client_index = 5 must be < "),
     ],
 )
 def test_bad_configs_fail_with_a_message_naming_the_problem(tree, match) -> None:

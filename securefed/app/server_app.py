@@ -62,7 +62,8 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
 
     tm = tuned_model(config)
     initial = tm.payload()
-    recorder = RunRecorder(run_dir)
+    cap = config.capture
+    recorder = RunRecorder(run_dir, capture=(cap.round, cap.client_index) if cap.round else None)
     fed = config.federation
     strategy = AdapterFedAvg(
         clients_per_round=fed.clients_per_round,

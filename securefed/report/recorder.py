@@ -21,6 +21,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from safetensors.numpy import save_file
+
 from strategies.adapter_fedavg import TrainRoundStats
 
 __all__ = ["SUMMARY_KEYS", "RunRecorder", "read_metrics"]
@@ -57,8 +60,10 @@ class RunRecorder:
         The run directory (created if missing).
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, capture: tuple[int, int] | None = None) -> None:
         self.run_dir = run_dir
+        self.capture = capture
+        self.captured: list[Path] = []
         run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = run_dir / "metrics.jsonl"
         self.metrics_path.write_text("")
@@ -91,6 +96,29 @@ class RunRecorder:
             federated_loss=metrics.get("eval-loss"),
             evaluate_rejected={str(k): v for k, v in rejected.items()},
         )
+
+    def on_reply(self, server_round: int, position: int, node: int,
+                 payload: Mapping[str, np.ndarray], weight: float,
+                 global_payload: Mapping[str, np.ndarray]) -> None:
+        """Save the reply chosen by ``capture = (round, client_index)``, if this is it.
+
+        Writes ``captures/round-R-client-I/`` with ``payload.safetensors`` (the reply
+        exactly as received), ``global.safetensors`` (what the server had sent that
+        client) and ``meta.json`` (round, sample position, node id, num-examples).
+        """
+        if self.capture != (server_round, position):
+            return
+        out = self.run_dir / "captures" / f"round-{server_round}-client-{position}"
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: np.ascontiguousarray(v) for k, v in payload.items()},
+                  str(out / "payload.safetensors"))
+        save_file({k: np.ascontiguousarray(v) for k, v in global_payload.items()},
+                  str(out / "global.safetensors"))
+        (out / "meta.json").write_text(json.dumps({
+            "round": server_round, "client_index": position, "node_id": node,
+            "num_examples": weight, "threat_model": "honest-but-curious server, "
+            "plaintext aggregation (no secure aggregation, no DP)"}, indent=2) + "\n")
+        self.captured.append(out)
 
     def on_central_eval(self, server_round: int, accuracy: float | None,
                         loss: float | None) -> dict[str, Any]:

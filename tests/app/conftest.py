@@ -23,5 +23,5 @@ def tiny_config(backbone: Path, out: Path, *, dataset: str = "bbc-news", method_
         "train": {"batch_size": 8, "lr": 5e-3},
     }
     for table, values in tables.items():
-        tree[table].update(values)
+        tree.setdefault(table, {}).update(values)
     return ExperimentConfig.from_dict(tree)

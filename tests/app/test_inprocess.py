@@ -140,3 +140,21 @@ def test_preflight_rejects_bad_names_before_anything_runs(tiny_backbones, tmp_pa
     cfg = tiny_config(tiny_backbones["bert"], tmp_path, **set_)
     with pytest.raises(error, match=match):
         preflight(cfg)
+
+
+def test_capture_saves_one_clients_real_reply(tiny_backbones, tmp_path) -> None:
+    """[capture] round 2, client 1: the reply the server got, before aggregation."""
+    from safetensors.numpy import load_file
+
+    cfg = tiny_config(tiny_backbones["bert"], tmp_path, rounds=2, num_clients=3,
+                      per_round=2, capture={"round": 2, "client_index": 1})
+    run_inprocess(cfg, tmp_path)
+    out = tmp_path / "captures" / "round-2-client-1"
+    meta = json.loads((out / "meta.json").read_text())
+    row = read_metrics(tmp_path / "metrics.jsonl")[2]
+    assert meta["round"] == 2 and meta["node_id"] == row["clients"][1]
+    payload, sent = load_file(str(out / "payload.safetensors")), load_file(
+        str(out / "global.safetensors"))
+    assert set(payload) == set(sent) == set(tuned_model(cfg).payload())
+    assert any(not np.array_equal(payload[k], sent[k]) for k in payload)  # it trained
+    assert [p.name for p in (tmp_path / "captures").iterdir()] == ["round-2-client-1"]

@@ -49,12 +49,17 @@ class Collect:
     def __init__(self) -> None:
         self.train: list[TrainRoundStats] = []
         self.evals: list[tuple[int, dict, dict]] = []
+        self.replies: list[tuple] = []
 
     def on_train_round(self, stats: TrainRoundStats) -> None:
         self.train.append(stats)
 
     def on_evaluate_round(self, server_round, metrics, rejected) -> None:
         self.evals.append((server_round, dict(metrics), dict(rejected)))
+
+    def on_reply(self, server_round, position, node, payload, weight, global_payload) -> None:
+        self.replies.append((server_round, position, node, dict(payload), weight,
+                             dict(global_payload)))
 
 
 def run(app: ClientApp, *, n: int = 4, k: int = 4, min_replies: int = 4, rounds: int = 1,
@@ -181,3 +186,17 @@ def test_reply_without_weight_is_rejected() -> None:
 
     with pytest.raises(AggregationError, match="num-examples"):
         run(app, n=2, k=2, min_replies=1)
+
+
+def test_observer_sees_each_valid_reply_exactly_as_received() -> None:
+    bad = 1
+    app = make_app(corrupt=lambda pid, p: {**p, "lora_A": p["lora_A"] * np.nan}
+                   if pid == bad else p)
+    _, obs, grid = run(app, n=3, k=3, min_replies=2, rounds=2)
+    assert len(obs.replies) == 4  # 2 valid replies in each of 2 rounds
+    for rnd, position, node, payload, weight, sent in obs.replies:
+        pid = grid._node_ids.index(node)
+        assert pid != bad and weight == 10
+        assert obs.train[rnd - 1].sampled[position] == node
+        for key, value in payload.items():  # client pid adds pid + 1 to the global
+            np.testing.assert_allclose(value, sent[key] + pid + 1)
