@@ -5,7 +5,7 @@ under each defence), an attack registry with ``reconstruct(observation, *, rng)`
 and reconstruction metrics. It is the one place besides the client where torch may be
 imported. The federated core already provides what it will build on: the exact
 payload a client sends (``securefed.methods.TuningMethod.payload`` and the packed
-wire format in ``strategies.records``) and the in-process grid
-(``securefed.app.grid.InProcessGrid``) whose Flower mods can observe a chosen client's
-reply in a chosen round.
+wire format in ``strategies.records``), and ``[capture]`` in the experiment config,
+which saves one chosen client's reply in a chosen round exactly as the server received
+it, together with the global payload it was sent (``RoundObserver.on_reply``).
 """
