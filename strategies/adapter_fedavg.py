@@ -21,11 +21,12 @@ This module is numpy-only; it never imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -155,6 +156,43 @@ class AdapterFedAvg(FedAvg):
         self._global_sent: dict[str, np.ndarray] = {}
         self.history: list[TrainRoundStats] = []
         self._current: TrainRoundStats | None = None
+
+    # -------------------------------------------------------------------- state
+    STATE_VERSION = 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state: sampling generator, payload spec, round history.
+
+        With the global payload (checkpointed by the caller) this is what a crashed
+        server needs to resume: the next rounds sample the same clients as an
+        uninterrupted run would.
+        """
+        spec = None if self.spec is None else {
+            "shapes": {k: list(v) for k, v in self.spec.shapes.items()},
+            "dtypes": dict(self.spec.dtypes), "max_bytes": self.spec.max_bytes}
+        return {
+            "version": self.STATE_VERSION,
+            "rng": self.rng.bit_generator.state,
+            "spec": spec,
+            "history": [dataclasses.asdict(h) for h in self.history],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (a malformed state is a ConfigError)."""
+        try:
+            if state["version"] != self.STATE_VERSION:
+                raise ConfigError(f"unsupported AdapterFedAvg state version {state['version']}")
+            rng = np.random.default_rng()
+            rng.bit_generator.state = state["rng"]
+            spec = state["spec"]
+            history = [TrainRoundStats(**h) for h in state["history"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed AdapterFedAvg state: {exc}") from None
+        self.rng = rng
+        self.spec = None if spec is None else PayloadSpec(
+            shapes={k: tuple(v) for k, v in spec["shapes"].items()},
+            dtypes=spec["dtypes"], max_bytes=int(spec["max_bytes"]))
+        self.history = history
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, grid: Grid, k: int) -> list[int]:
