@@ -21,24 +21,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from securefed.config import apply_overrides, load_config
 from securefed.exceptions import SecurefedError
+from securefed.report.console import err, fail
+from securefed.report.console import out as console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Privacy-hardened federated fine-tuning of PEFT adapters on Flower.")
-console = Console()
-err = Console(stderr=True)
 
 ENGINES = ("simulation", "inprocess")
 
-
-def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -69,7 +63,7 @@ def run(
             else:
                 summary = run_inprocess(cfg, run_dir)
     except SecurefedError as exc:
-        _fail(exc)
+        fail(exc)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted; Flower processes stopped[/yellow]")
         raise typer.Exit(code=130) from None
@@ -90,7 +84,7 @@ def methods(
     try:
         rows = method_inventory(backbone, num_labels=num_labels)
     except SecurefedError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         console.print_json(json.dumps(rows))
         return

@@ -19,19 +19,17 @@ are stable: other tools parse them.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from securefed.exceptions import SecurefedError
+from securefed.report.console import fail
 
 __all__ = ["privacy_app"]
 
 privacy_app = typer.Typer(add_completion=False, no_args_is_help=True,
                           help="Privacy accounting: epsilon and noise calibration.")
-err = Console(stderr=True)
 
 AccountantOpt = Annotated[str, typer.Option(
     "--accountant", help="Accountant: rdp, prv, gdp or pld.")]
@@ -41,10 +39,6 @@ StepsOpt = Annotated[int, typer.Option("--steps", help="Number of DP-SGD steps, 
 DeltaOpt = Annotated[float, typer.Option("--delta", help="Target delta in (0, 1).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
-
-def _fail(exc: Exception) -> NoReturn:
-    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
-    raise typer.Exit(code=2)
 
 
 def _emit(payload: dict[str, Any], as_json: bool, human: str) -> None:
@@ -68,7 +62,7 @@ def epsilon(
         eps = epsilon_for(accountant, noise_multiplier=noise_multiplier,
                           sample_rate=sample_rate, steps=steps, delta=delta)
     except SecurefedError as exc:
-        _fail(exc)
+        fail(exc)
     _emit({"epsilon": eps, "accountant": accountant, "delta": delta,
            "noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": steps},
           as_json,
@@ -93,7 +87,7 @@ def noise(
         res = calibrate_noise(accountant, target_epsilon=target_epsilon, delta=delta,
                               sample_rate=sample_rate, steps=steps)
     except SecurefedError as exc:
-        _fail(exc)
+        fail(exc)
     _emit({"noise_multiplier": res.noise_multiplier, "epsilon": res.epsilon,
            "target_epsilon": target_epsilon, "accountant": accountant, "delta": delta,
            "sample_rate": sample_rate, "steps": steps},

@@ -13,29 +13,24 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from securefed.exceptions import SecurefedError
+from securefed.report.console import fail
+from securefed.report.console import out as console
 from securefed.secagg.plan import DEFAULT_CLIPPING_RANGE, DEFAULT_TARGET_FAILURE, plan
 
 __all__ = ["secagg_app"]
 
 secagg_app = typer.Typer(add_completion=False, no_args_is_help=True,
                          help="Secure aggregation (SecAgg+) tools.")
-console = Console()
-err = Console(stderr=True)
 
 
 @secagg_app.callback()
 def _secagg() -> None:
     """Secure aggregation (SecAgg+) tools."""
 
-
-def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
-    raise typer.Exit(code=2)
 
 
 @secagg_app.command("plan")
@@ -63,7 +58,7 @@ def plan_cmd(
         p = plan(clients, params, dropout_rate, clipping_range=clipping_range, bits=bits,
                  degree=degree, threshold=threshold, target_failure=target_failure)
     except SecurefedError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         console.print_json(p.to_json())
         return
