@@ -10,7 +10,6 @@ offline. The project's own tests, demo and benchmarks use only packaged datasets
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 
 from securefed.data.base import Modality, RawSource
 from securefed.exceptions import ConfigError, OfflineError
-from securefed.hub import hub_reachable
+from securefed.hub import hub_disabled, hub_reachable
 
 __all__ = ["HUB_ALIASES", "HubId", "hub_offline", "is_hub_name", "load_hub", "resolve_hub_id"]
 
@@ -27,9 +26,6 @@ _TEXT_COLUMNS = ("text", "sentence", "content", "review", "document")
 _IMAGE_COLUMNS = ("image", "img")
 _LABEL_COLUMNS = ("label", "labels", "coarse_label", "target")
 _TEST_SPLITS = ("test", "validation")
-_TRUE = {"1", "true", "yes", "on"}
-
-
 @dataclass(frozen=True)
 class HubId:
     """Arguments for :func:`datasets.load_dataset`: repo ``path`` and optional ``config``."""
@@ -53,10 +49,7 @@ HUB_ALIASES: dict[str, HubId] = {
 
 def hub_offline() -> bool:
     """Whether ``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE`` is set to a true value."""
-    return any(
-        os.environ.get(var, "").strip().lower() in _TRUE
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+    return hub_disabled(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def is_hub_name(name: str) -> bool:
