@@ -11,7 +11,8 @@ Every method is registered by name in :data:`METHODS` and built with
     model = load_exported(fresh_backbone, arch, out_dir)
 
 Registered methods: ``full``, ``head``, ``bitfit``, ``prompt``, ``prefix``, ``ia3``,
-``adapter``, ``lora``, ``ffa-lora``, ``federa``.
+``adapter``, ``lora``, ``ffa-lora``, ``federa``. :func:`densify` wraps ``lora`` or
+``federa`` so that clients send the dense update ``B·A`` (exact under plain sums).
 """
 
 from __future__ import annotations
@@ -43,14 +44,19 @@ METHOD_MODULES = (
 for _module in METHOD_MODULES:
     importlib.import_module(f"{__name__}.{_module}")
 
+# The dense wrapper of factor-wise methods (imported after them; registers its export loader).
+from securefed.methods.dense import DenseFactorised, densify  # noqa: E402
+
 __all__ = [
     "METHODS",
     "METHOD_MODULES",
     "Aggregation",
     "AggregationSemantics",
+    "DenseFactorised",
     "ExportInfo",
     "TuningMethod",
     "create_method",
+    "densify",
     "load_exported",
     "method_params",
     "register_method",
