@@ -9,6 +9,7 @@ A config file has one table per concern::
     [federation]   rounds, clients_per_round, min_replies, ...
     [train]        local_epochs, batch_size, lr, ...
     [capture]      round, client_index (save one client's reply for attack evaluation)
+    [secure]       mode = none | secagg | ckks, clipping range, ... (securefed.config_secure)
 
 Every table is a frozen dataclass validated in ``__post_init__``; an unknown key is a
 :class:`~securefed.exceptions.ConfigError` naming it and listing the valid keys, and a
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from securefed.config_secure import SecureConfig
 from securefed.exceptions import ConfigError
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "MetaConfig",
     "MethodConfig",
     "ModelConfig",
+    "SecureConfig",
     "TrainConfig",
     "apply_overrides",
     "from_flat",
@@ -125,6 +128,9 @@ class MethodConfig:
         _require(bool(self.name), "method", "name", self.name, "must be non-empty")
 
 
+PAYLOAD_FORMS = ("native", "dense")
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """``[federation]``: rounds, sampling and how many valid replies a round needs."""
@@ -136,9 +142,12 @@ class FederationConfig:
     central_eval: bool = True
     max_payload_mb: float = 512.0
     round_timeout_s: float = 3600.0
+    payload_form: str = "native"
 
     def __post_init__(self) -> None:
         t = "federation"
+        _require(self.payload_form in PAYLOAD_FORMS, t, "payload_form", self.payload_form,
+                 f"must be one of {', '.join(PAYLOAD_FORMS)} (dense: LoRA clients send B·A)")
         _require(self.rounds >= 1, t, "rounds", self.rounds, "must be >= 1")
         _require(self.clients_per_round >= 1, t, "clients_per_round", self.clients_per_round,
                  "must be >= 1")
@@ -209,6 +218,7 @@ _TABLES: dict[str, type] = {
     "federation": FederationConfig,
     "train": TrainConfig,
     "capture": CaptureConfig,
+    "secure": SecureConfig,
 }
 
 C = TypeVar("C")
@@ -266,6 +276,7 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    secure: SecureConfig = field(default_factory=SecureConfig)
 
     def __post_init__(self) -> None:
         fed, data = self.federation, self.data

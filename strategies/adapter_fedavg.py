@@ -67,6 +67,8 @@ class TrainRoundStats:
     bytes_down_per_client: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    #: What a wrapper (secure aggregation, CKKS) adds: survivors per stage, clip counts.
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class RoundObserver(Protocol):
@@ -322,6 +324,73 @@ class AdapterFedAvg(FedAvg):
         stats.metrics = _metric_dict(metrics)
         self._finish(stats)
         return payload_to_record(mean), metrics
+
+    # --------------------------------------------------- sum-only aggregation
+    @property
+    def global_payload(self) -> dict[str, np.ndarray]:
+        """The global payload sent in the current training round."""
+        return self._global_sent
+
+    @property
+    def current_stats(self) -> TrainRoundStats | None:
+        """Statistics of the training round in progress (for wrappers to fill in)."""
+        return self._current
+
+    def aggregate_from_sum(
+        self,
+        server_round: int,
+        update_sum: Mapping[str, np.ndarray],
+        weight_sum: float,
+        contributors: list[int],
+        metrics: MetricRecord,
+    ) -> tuple[ArrayRecord, MetricRecord]:
+        """Finish a round from the weighted **sum** of the clients' updates.
+
+        A sum-only wrapper (secure aggregation, homomorphic encryption) learns only
+        ``update_sum = sum_i w_i (x_i - g)`` over the contributing clients and
+        ``weight_sum = sum_i w_i``; the FedAvg step is then ``g + update_sum /
+        weight_sum`` (McMahan et al., arXiv 1602.05629), which is what this method
+        returns, after checking it against the payload spec.
+
+        Raises
+        ------
+        AggregationError
+            If fewer than ``min_replies`` clients contributed, the weight sum is not
+            positive, or the result is malformed or non-finite.
+        """
+        stats = self._current or TrainRoundStats(server_round=server_round, sampled=[])
+        started = stats.seconds
+        stats.accepted = sorted(contributors)
+        for node in stats.sampled:
+            if node not in contributors and node not in stats.rejected:
+                stats.rejected[node] = "not in the secure aggregate (dropped out)"
+        stats.seconds = time.monotonic() - started if started else 0.0
+        try:
+            if len(contributors) < self.min_replies:
+                raise AggregationError(
+                    f"round {server_round}: {len(contributors)} clients in the aggregate, "
+                    f"{self.min_replies} required"
+                )
+            if not np.isfinite(weight_sum) or weight_sum <= 0:
+                raise AggregationError(f"round {server_round}: weight sum {weight_sum!r} <= 0")
+            new = {k: (np.asarray(self._global_sent[k], dtype=np.float64)
+                       + np.asarray(update_sum[k], dtype=np.float64) / weight_sum
+                       ).astype(self._global_sent[k].dtype)
+                   for k in self._global_sent}
+            assert self.spec is not None
+            if set(update_sum) != set(self._global_sent):
+                raise PayloadError(f"sum has keys {sorted(update_sum)}, expected "
+                                   f"{sorted(self._global_sent)}")
+            validate_payload(new, self.spec)
+        except (PayloadError, KeyError, ValueError) as exc:
+            self._finish(stats)
+            raise AggregationError(f"round {server_round}: aggregate rejected: {exc}") from None
+        except AggregationError:
+            self._finish(stats)
+            raise
+        stats.metrics = _metric_dict(metrics)
+        self._finish(stats)
+        return payload_to_record(new), metrics
 
     def _finish(self, stats: TrainRoundStats) -> None:
         self.history.append(stats)

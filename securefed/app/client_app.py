@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from securefed.app.runtime import client_data, tuned_model
+from securefed.app.secagg_mod import secagg_mod
 from securefed.app.settings import config_from_run_config, partition_id_of
 from securefed.exceptions import PayloadError
 from securefed.training import evaluate, train_local
@@ -29,7 +31,12 @@ from strategies.records import read_payload, write_payload
 
 __all__ = ["app", "handle_evaluate", "handle_train"]
 
-app = ClientApp()
+#: Privacy mods, outermost first. ``secagg_mod`` passes through every message that is
+#: not part of a SecAgg+ round; clipping mods (DP) go after it so that they run inside
+#: it, on the update before it is masked.
+MODS: list[Mod] = [secagg_mod]
+
+app = ClientApp(mods=MODS)
 
 
 def _global_payload(msg: Message) -> dict[str, np.ndarray]:
@@ -52,6 +59,10 @@ def handle_train(msg: Message, context: Context) -> Message:
     server_round = msg.content.config_records["config"].get("server-round", 0)
     if not isinstance(server_round, int):
         raise PayloadError(f"config 'server-round' must be an int, got {server_round!r}")
+    # Dropout and other torch randomness: reproducible per (seed, client, round), so
+    # that a rerun (or the same round under secure aggregation) trains identically.
+    torch.manual_seed((config.experiment.seed * 1_000_003 + pid * 7919 + server_round)
+                      % 2**63)
     started = time.perf_counter()
     steps = 0
     loss = acc = 0.0

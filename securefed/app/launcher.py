@@ -209,16 +209,17 @@ def _superlink(run_dir: Path, env: dict[str, str]) -> Iterator[int]:
 def preflight(config: ExperimentConfig) -> None:
     """Fail before any process starts on an unknown or unusable plug-in name.
 
-    Checks the tuning method and its parameters, the backbone (a hub id while offline
+    Checks the tuning method and its parameters, the secure-aggregation settings
+    against the method (exactness, overflow bound), the backbone (a hub id while offline
     raises :class:`~securefed.exceptions.OfflineError`), the dataset and the
     partitioner, so that a typo never costs a Flower start-up.
     """
-    from securefed.app.runtime import dataset_for
+    from securefed.app.runtime import build_method, dataset_for
+    from securefed.app.secure import check_secure
     from securefed.data import PARTITIONERS
-    from securefed.methods import create_method
     from securefed.models import resolve_backbone
 
-    create_method(config.method.name, **dict(config.method.params))
+    check_secure(config, build_method(config))
     PARTITIONERS.get(config.data.partitioner)
     resolve_backbone(config.model.backbone)
     dataset_for(config.data, config.experiment.seed)

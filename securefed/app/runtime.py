@@ -31,10 +31,11 @@ from securefed.data import (
     load_dataset,
     partition_indices,
 )
-from securefed.methods import TuningMethod, create_method
+from securefed.methods import TuningMethod, create_method, densify
 from securefed.models import Backbone, build_classifier, load_preprocessor, resolve_backbone
 
-__all__ = ["ClientData", "TunedModel", "client_data", "dataset_for", "tuned_model"]
+__all__ = ["ClientData", "TunedModel", "build_method", "client_data", "dataset_for",
+           "tuned_model"]
 
 
 @dataclass
@@ -46,6 +47,9 @@ class TunedModel:
     model: torch.nn.Module
     preprocessor: Any
     num_labels: int
+    #: The method's deterministic initial payload, captured right after ``apply``; the
+    #: model is shared per process and later holds whatever was loaded last.
+    initial: dict[str, np.ndarray]
 
     def payload(self) -> dict[str, np.ndarray]:
         """The trainable tensors as the method sends them."""
@@ -79,14 +83,28 @@ def dataset_for(data: DataConfig, seed: int) -> ClassificationData:
     )
 
 
+def build_method(config: ExperimentConfig) -> TuningMethod:
+    """The tuning method of ``config``, in the payload form ``[federation]`` asks for.
+
+    ``payload_form = "dense"`` wraps a factorised method (LoRA, FeDeRA) so that clients
+    send the exact dense update ``B·A`` (:func:`securefed.methods.densify`).
+    """
+    method = create_method(config.method.name, **dict(config.method.params))
+    return densify(method) if config.federation.payload_form == "dense" else method
+
+
 @functools.lru_cache(maxsize=4)
-def _tuned(model_cfg: ModelConfig, method_key: str, num_labels: int, seed: int) -> TunedModel:
+def _tuned(model_cfg: ModelConfig, method_key: str, num_labels: int, seed: int,
+           payload_form: str) -> TunedModel:
     method_cfg = json.loads(method_key)
     method = create_method(method_cfg.pop("name"), **method_cfg)
+    if payload_form == "dense":
+        method = densify(method)
     backbone = resolve_backbone(model_cfg.backbone)
     base = build_classifier(backbone, num_labels, seed=seed)
     model = method.apply(base, backbone.architecture, seed=seed)
-    return TunedModel(backbone, method, model, load_preprocessor(backbone), num_labels)
+    return TunedModel(backbone, method, model, load_preprocessor(backbone), num_labels,
+                      method.payload(model))
 
 
 def method_key(method: MethodConfig) -> str:
@@ -98,7 +116,7 @@ def tuned_model(config: ExperimentConfig) -> TunedModel:
     """The tuned model for ``config`` (built once per process and reused)."""
     data = dataset_for(config.data, config.experiment.seed)
     return _tuned(config.model, method_key(config.method), len(data.label_names),
-                  config.experiment.seed)
+                  config.experiment.seed, config.federation.payload_form)
 
 
 @dataclass

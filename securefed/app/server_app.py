@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from securefed.app.runtime import heldout_split, histograms, tuned_model, write_json
+from securefed.app.secure import secure_facts, wrap_strategy
 from securefed.app.settings import config_from_run_config, run_dir_of
 from securefed.config import ExperimentConfig
 from securefed.exceptions import AggregationError
@@ -61,11 +62,12 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     write_json(run_dir / "partitions.json", histograms(config))
 
     tm = tuned_model(config)
-    initial = tm.payload()
+    initial = {k: v.copy() for k, v in tm.initial.items()}
+    tm.load(initial)  # the per-process model may hold a previous run's adapter
     cap = config.capture
     recorder = RunRecorder(run_dir, capture=(cap.round, cap.client_index) if cap.round else None)
     fed = config.federation
-    strategy = AdapterFedAvg(
+    inner = AdapterFedAvg(
         clients_per_round=fed.clients_per_round,
         min_replies=fed.required_replies,
         evaluate_clients=fed.evaluate_clients,
@@ -73,6 +75,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
         rng=np.random.default_rng(config.experiment.seed),
         observer=recorder,
     )
+    strategy = wrap_strategy(config, inner, tm.method)
     test = heldout_split(config) if fed.central_eval else None
 
     def central(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -102,6 +105,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
         "aggregation": tm.method.semantics.kind.value,
         "exact_under_sum": tm.method.semantics.exact_under_sum,
         "adapter_dir": None,
+        **secure_facts(config, tm.method),
     }
     try:
         result = strategy.start(
@@ -113,7 +117,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
             evaluate_config=ConfigRecord(),
             evaluate_fn=central,
         )
-    except AggregationError as exc:
+    except AggregationError as exc:  # includes SecAgg+ DropoutError
         recorder.summary(status="failed", reason=str(exc), **facts)
         raise
     final = record_to_payload(result.arrays) if len(result.arrays) else initial

@@ -86,6 +86,8 @@ class RunRecorder:
             bytes_down_per_client=stats.bytes_down_per_client,
             round_seconds=stats.seconds,
         )
+        if stats.extra:
+            row["secure"] = stats.extra
 
     def on_evaluate_round(self, server_round: int, metrics: Mapping[str, float],
                           rejected: Mapping[int, str]) -> None:
@@ -118,6 +120,26 @@ class RunRecorder:
             "round": server_round, "client_index": position, "node_id": node,
             "num_examples": weight, "threat_model": "honest-but-curious server, "
             "plaintext aggregation (no secure aggregation, no DP)"}, indent=2) + "\n")
+        self.captured.append(out)
+
+    def on_masked_reply(self, server_round: int, position: int, node: int,
+                        masked: np.ndarray, meta: Mapping[str, Any]) -> None:
+        """Save the masked input chosen by ``capture``: the server's view under SecAgg+.
+
+        Writes ``captures/round-R-client-I/`` with ``masked.safetensors`` (the uint64
+        vector in ``Z_{2^bits}`` exactly as received: uniformly random without the
+        other clients' masks) and ``meta.json``.
+        """
+        if self.capture != (server_round, position):
+            return
+        out = self.run_dir / "captures" / f"round-{server_round}-client-{position}"
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({"masked_input": np.ascontiguousarray(masked)},
+                  str(out / "masked.safetensors"))
+        (out / "meta.json").write_text(json.dumps({
+            "round": server_round, "client_index": position, "node_id": node,
+            **dict(meta), "threat_model": "honest-but-curious server under SecAgg+: "
+            "sees masked inputs and the sum of the survivors only"}, indent=2) + "\n")
         self.captured.append(out)
 
     def on_central_eval(self, server_round: int, accuracy: float | None,

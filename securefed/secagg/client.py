@@ -30,6 +30,7 @@ import secrets
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from securefed.exceptions import ConfigError, PayloadError
 from securefed.secagg.crypto import (
@@ -64,6 +65,20 @@ from securefed.secagg.quantize import ClipReport, quantize
 from securefed.secagg.shamir import PRIME, split
 
 __all__ = ["SecAggClient"]
+
+
+_MAX_ID = 2**64 - 1
+
+
+def _is_id(value: object) -> bool:
+    """A client id as it travels: an int (not a bool) in ``[1, 2**64 - 1]``."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_ID
+
+
+def _check_receiver(message: object, kind: type, client_id: int) -> None:
+    receiver = getattr(message, "receiver", None)
+    if not isinstance(message, kind) or not _is_id(receiver) or receiver != client_id:
+        raise ProtocolError(f"expected the {kind.__name__} for client {client_id}")
 
 
 def _check_stage(current: str, expected: str, action: str) -> None:
@@ -115,6 +130,82 @@ class SecAggClient:
         """The current stage (one of :data:`~securefed.secagg.messages.STAGES`)."""
         return self._stage
 
+    # -------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, object]:
+        """Everything needed to resume between stages, as plain values.
+
+        It holds the client's **private** keys, self-mask seed and received shares:
+        keep it where the client keeps secrets (a SuperNode's ``context.state``),
+        never send it. The config and the quantisation generator are not included:
+        the caller passes them to :meth:`from_state_dict`.
+        """
+        held = sorted(self._held)
+        nbrs = sorted(self._neighbour_keys)
+        return {
+            "client-id": self.client_id,
+            "stage": self._stage,
+            "c-private": b"" if self._c is None else self._c.private_key.private_bytes_raw(),
+            "s-private": b"" if self._s is None else self._s.private_key.private_bytes_raw(),
+            "neighbour-ids": nbrs,
+            "neighbour-c": [self._neighbour_keys[i][0] for i in nbrs],
+            "neighbour-s": [self._neighbour_keys[i][1] for i in nbrs],
+            "b-seed": self._b_seed,
+            "held-ids": held,
+            "held-b": [self._held[i][0].to_bytes(SHARE_BYTES, "big") for i in held],
+            "held-s": [self._held[i][1].to_bytes(SHARE_BYTES, "big") for i in held],
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: dict[str, object],
+        config: SecAggConfig,
+        rng_for_quantization: np.random.Generator,
+    ) -> SecAggClient:
+        """Resume a client from :meth:`state_dict` output.
+
+        Raises
+        ------
+        ProtocolError
+            If the state is malformed (a field missing, mistyped or inconsistent).
+        """
+        try:
+            client = cls(int(state["client-id"]), config, rng_for_quantization)  # type: ignore[call-overload]
+            stage = state["stage"]
+            if stage not in (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, UNMASK, DONE):
+                raise ProtocolError(f"unknown stage {stage!r} in client state")
+            client._stage = str(stage)
+            for attr, key in (("_c", "c-private"), ("_s", "s-private")):
+                raw = state[key]
+                if not isinstance(raw, bytes):
+                    raise ProtocolError(f"{key} must be bytes")
+                if raw:
+                    private = X25519PrivateKey.from_private_bytes(raw)
+                    public = private.public_key().public_bytes_raw()
+                    setattr(client, attr, KeyPair(private_key=private, public_bytes=public))
+            nbrs = list(state["neighbour-ids"])  # type: ignore[call-overload]
+            c_keys = list(state["neighbour-c"])  # type: ignore[call-overload]
+            s_keys = list(state["neighbour-s"])  # type: ignore[call-overload]
+            client._neighbour_keys = {
+                int(i): (bytes(c), bytes(s)) for i, c, s in zip(nbrs, c_keys, s_keys, strict=True)
+            }
+            seed = state["b-seed"]
+            if not isinstance(seed, bytes) or len(seed) not in (0, SEED_BYTES):
+                raise ProtocolError("b-seed must be empty or 32 bytes")
+            client._b_seed = seed
+            held = list(state["held-ids"])  # type: ignore[call-overload]
+            b_sh = list(state["held-b"])  # type: ignore[call-overload]
+            s_sh = list(state["held-s"])  # type: ignore[call-overload]
+            client._held = {
+                int(i): (int.from_bytes(b, "big"), int.from_bytes(s, "big"))
+                for i, b, s in zip(held, b_sh, s_sh, strict=True)
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed SecAgg+ client state: {exc!r}") from None
+        if client._stage != ADVERTISE_KEYS and (client._c is None or client._s is None):
+            raise ProtocolError(f"client state in stage {client._stage!r} lacks its keys")
+        return client
+
     def advertise_keys(self) -> AdvertiseKeys:
         """Generate the key pairs ``c_u`` and ``s_u`` and advertise their public halves."""
         _check_stage(self._stage, ADVERTISE_KEYS, "advertise_keys")
@@ -133,8 +224,9 @@ class SecAggClient:
         """
         _check_stage(self._stage, SHARE_KEYS, "share_keys")
         assert self._c is not None and self._s is not None
-        if not isinstance(broadcast, KeysBroadcast) or broadcast.receiver != self.client_id:
-            raise ProtocolError(f"expected the KeysBroadcast for client {self.client_id}")
+        _check_receiver(broadcast, KeysBroadcast, self.client_id)
+        if not isinstance(broadcast.neighbours, dict):
+            raise ProtocolError("the KeysBroadcast neighbours must be a dict")
         neighbours = dict(broadcast.neighbours)
         t = self.config.graph.threshold
         if self.client_id in neighbours:
@@ -143,8 +235,7 @@ class SecAggClient:
             raise ProtocolError(f"{len(neighbours)} neighbours cannot hold a {t}-of-k sharing")
         seen = {self._c.public_bytes, self._s.public_bytes}
         for peer, keys in neighbours.items():
-            ok = isinstance(peer, int) and not isinstance(peer, bool) and peer >= 1
-            if not ok or not isinstance(keys, tuple) or len(keys) != 2:
+            if not _is_id(peer) or not isinstance(keys, tuple) or len(keys) != 2:
                 raise ProtocolError(f"malformed neighbour entry {peer!r}")
             for key in keys:
                 if not isinstance(key, bytes) or len(key) != PUBLIC_KEY_BYTES or key in seen:
@@ -179,11 +270,12 @@ class SecAggClient:
 
     def _decrypt_bundles(self, bundle: ShareBundle) -> dict[int, tuple[int, int]]:
         assert self._c is not None
-        if not isinstance(bundle, ShareBundle) or bundle.receiver != self.client_id:
-            raise ProtocolError(f"expected the ShareBundle for client {self.client_id}")
+        _check_receiver(bundle, ShareBundle, self.client_id)
+        if not isinstance(bundle.ciphertexts, dict):
+            raise ProtocolError("the ShareBundle ciphertexts must be a dict")
         held: dict[int, tuple[int, int]] = {}
         for peer, ct in dict(bundle.ciphertexts).items():
-            if peer not in self._neighbour_keys:
+            if not _is_id(peer) or peer not in self._neighbour_keys:
                 raise ProtocolError(f"share bundle from {peer!r}, which is not a neighbour")
             key = derive_shared_key(
                 self._c.private_key,
@@ -277,8 +369,11 @@ class SecAggClient:
             client holds.
         """
         _check_stage(self._stage, UNMASK, "unmask")
-        if not isinstance(request, UnmaskRequest) or request.receiver != self.client_id:
-            raise ProtocolError(f"expected the UnmaskRequest for client {self.client_id}")
+        _check_receiver(request, UnmaskRequest, self.client_id)
+        for name in ("survivors", "dropped"):
+            ids = getattr(request, name)
+            if not isinstance(ids, set | frozenset) or not all(_is_id(p) for p in ids):
+                raise ProtocolError(f"the UnmaskRequest {name} must be a set of client ids")
         survivors, dropped = set(request.survivors), set(request.dropped)
         both = survivors & dropped
         if both:

@@ -1,0 +1,230 @@
+"""The client side of SecAgg+ as a Flower mod (Bell et al. 2020, arXiv:2009.05807).
+
+``secagg_mod`` handles the training messages that carry the ``"secure"`` ConfigRecord
+of :class:`strategies.secure_aggregation.SecureAggregation` and passes every other
+message through unchanged, so it can sit on the ClientApp permanently::
+
+    setup         call_next (train) -> update x - g, checked against [-c, c],
+                  scaled by w / max_weight -> kept in context.state -> AdvertiseKeys
+    share-keys    KeysBroadcast  -> ShareKeys
+    masked-input  ShareBundle    -> MaskedInput        (the only payload that leaves)
+    unmask        UnmaskRequest  -> UnmaskResponse     (state cleared)
+
+Between stages the client's secrets (private keys, self-mask seed, received shares)
+and its scaled update live only in ``context.state``, which the SuperNode keeps in
+its own memory; the reply to the setup message carries no tensor, and the plaintext
+metrics lose ``num-examples`` (the weight travels masked).
+
+Mod order: mods listed after this one in ``ClientApp(mods=[...])`` run *inside* it, so
+a clipping mod placed after ``secagg_mod`` clips the update before it is masked (see
+``docs/architecture.md``). Any failure becomes an error reply naming the cause; the
+server then treats the client as dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+
+from securefed.exceptions import PayloadError, PrivacyError, SecurefedError
+from securefed.secagg import SecAggClient, SecAggConfig, flatten_payload
+from securefed.secagg.errors import ProtocolError
+from securefed.secagg.serial import (
+    config_from_dict,
+    config_to_dict,
+    decode_message,
+    encode_message,
+)
+from strategies.records import read_payload
+from strategies.sum_only import PROTOCOL_RECORD
+
+__all__ = ["STATE_KEY", "secagg_mod", "update_vector"]
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "securefed.secagg"
+INPUT_KEY = "securefed.secagg.input"
+ERROR_CODE = 3701  # application-defined Error code of a refused SecAgg+ step
+
+CallNext = Callable[[Message, Context], Message]
+
+
+def _secure_rng() -> np.random.Generator:
+    """Quantisation randomness seeded from the OS CSPRNG (never from the experiment seed)."""
+    return np.random.default_rng(secrets.randbits(128))
+
+
+def update_vector(global_payload: Mapping[str, np.ndarray], new_payload: Mapping[str, np.ndarray],
+                  clipping_range: float, on_overflow: str) -> tuple[np.ndarray, int, float]:
+    """The flat update ``x - g`` (sorted keys), range-checked; ``(vector, clipped, max)``.
+
+    Raises
+    ------
+    PayloadError
+        If the keys or shapes of the two payloads differ, or a value is not finite.
+    PrivacyError
+        If a coordinate is outside ``[-c, c]`` and ``on_overflow = "error"``.
+    """
+    if set(global_payload) != set(new_payload):
+        raise PayloadError(f"reply keys {sorted(new_payload)} differ from the global "
+                           f"payload's {sorted(global_payload)}")
+    flat, _ = flatten_payload({0: new_payload, 1: global_payload})
+    delta = flat[0] - flat[1]
+    if not np.all(np.isfinite(delta)):
+        raise PayloadError("the update has NaN or Inf values")
+    largest = float(np.max(np.abs(delta))) if delta.size else 0.0
+    outside = int(np.count_nonzero(np.abs(delta) > clipping_range))
+    if outside and on_overflow != "clip":
+        raise PrivacyError(
+            f"{outside} update coordinates exceed the secure-aggregation clipping range "
+            f"[-{clipping_range:g}, {clipping_range:g}] (largest |value| {largest:.4g}); "
+            "raise [secure] clipping_range, or set on_overflow = \"clip\" to clip and "
+            "report them"
+        )
+    return np.clip(delta, -clipping_range, clipping_range), outside, largest
+
+
+def _state(context: Context) -> ConfigRecord:
+    record = context.state.config_records.get(STATE_KEY)
+    if record is None:
+        raise ProtocolError("no SecAgg+ round in progress on this client (setup not received)")
+    return record
+
+
+def _client(context: Context, round_id: Any) -> tuple[SecAggClient, SecAggConfig, ConfigRecord]:
+    state = _state(context)
+    config = config_from_dict(_config_fields(state))
+    if round_id != config.round_id:
+        raise ProtocolError(f"stage message for round {round_id!r}; this client is in "
+                            f"round {config.round_id}")
+    client = SecAggClient.from_state_dict(dict(state), config, _secure_rng())
+    return client, config, state
+
+
+def _config_fields(state: ConfigRecord) -> dict[str, Any]:
+    return {k[len("config."):]: v for k, v in state.items() if k.startswith("config.")}
+
+
+def _save(context: Context, client: SecAggClient, config: SecAggConfig,
+          extra: Mapping[str, Any]) -> None:
+    record: dict[str, Any] = dict(client.state_dict())
+    record.update({f"config.{k}": v for k, v in config_to_dict(config).items()})
+    record.update(extra)
+    context.state.config_records[STATE_KEY] = ConfigRecord(record)
+
+
+def _reply(msg: Message, message: object, metrics: MetricRecord | None = None) -> Message:
+    content = RecordDict({PROTOCOL_RECORD: ConfigRecord(dict(encode_message(message)))})
+    if metrics is not None:
+        content["metrics"] = metrics
+    return Message(content, reply_to=msg)
+
+
+def _setup(msg: Message, context: Context, call_next: CallNext) -> Message:
+    record = msg.content.config_records[PROTOCOL_RECORD]
+    config = config_from_dict(record)
+    client_id = record.get("client-id")
+    if isinstance(client_id, bool) or not isinstance(client_id, int):
+        raise ProtocolError(f"setup lacks an int 'client-id', got {client_id!r}")
+    context.state.config_records.pop(STATE_KEY, None)
+    context.state.array_records.pop(INPUT_KEY, None)
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    metrics = reply.content.metric_records.get("metrics")
+    weight = None if metrics is None else metrics.get("num-examples")
+    max_w = config.quantization.max_weight
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= max_w:
+        raise PayloadError(f"'num-examples' must be an int in [1, max_weight={max_w}], got "
+                           f"{weight!r}; raise [secure] max_weight for larger clients")
+    q = config.quantization
+    delta, clipped, largest = update_vector(read_payload(msg.content),
+                                            read_payload(reply.content),
+                                            q.clipping_range, q.on_overflow)
+    if delta.size != config.vector_length:
+        raise PayloadError(f"update has {delta.size} values, the round expects "
+                           f"{config.vector_length}")
+    client = SecAggClient(client_id, config, _secure_rng())
+    advertise = client.advertise_keys()
+    _save(context, client, config, {"weight": weight})
+    context.state.array_records[INPUT_KEY] = ArrayRecord(
+        {"x": _array(delta * (weight / max_w))})
+    plain = {k: v for k, v in (metrics or {}).items() if k != "num-examples"}
+    plain.update({"secure-clipped": clipped, "secure-max-abs-update": largest})
+    return _reply(msg, advertise, MetricRecord(plain))
+
+
+def _array(values: np.ndarray) -> Array:
+    return Array(np.ascontiguousarray(values, dtype=np.float64))
+
+
+def _share_keys(msg: Message, context: Context, call_next: CallNext) -> Message:
+    record = msg.content.config_records[PROTOCOL_RECORD]
+    client, config, state = _client(context, record.get("round-id"))
+    out = client.share_keys(decode_message(record, "keys-broadcast"))
+    _save(context, client, config, {"weight": state["weight"]})
+    return _reply(msg, out)
+
+
+def _masked_input(msg: Message, context: Context, call_next: CallNext) -> Message:
+    record = msg.content.config_records[PROTOCOL_RECORD]
+    client, config, state = _client(context, record.get("round-id"))
+    stored = context.state.array_records.get(INPUT_KEY)
+    if stored is None:
+        raise ProtocolError("the scaled update of this round is missing from the state")
+    x = stored["x"].numpy()
+    weight = int(state["weight"]) if config.has_weight else None  # type: ignore[arg-type]
+    out = client.masked_input(decode_message(record, "share-bundle"), x, weight)
+    _save(context, client, config, {"weight": state["weight"]})
+    context.state.array_records.pop(INPUT_KEY, None)
+    return _reply(msg, out)
+
+
+def _unmask(msg: Message, context: Context, call_next: CallNext) -> Message:
+    record = msg.content.config_records[PROTOCOL_RECORD]
+    client, _, _ = _client(context, record.get("round-id"))
+    out = client.unmask(decode_message(record, "unmask-request"))
+    context.state.config_records.pop(STATE_KEY, None)
+    return _reply(msg, out)
+
+
+STAGES: dict[str, Callable[[Message, Context, CallNext], Message]] = {
+    "setup": _setup,
+    "share-keys": _share_keys,
+    "masked-input": _masked_input,
+    "unmask": _unmask,
+}
+"""Client handler of each SecAgg+ stage, by the wire name the server sends."""
+
+
+def secagg_mod(msg: Message, context: Context, call_next: CallNext) -> Message:
+    """Flower mod: run this client's side of a SecAgg+ round; pass other messages on."""
+    record = msg.content.config_records.get(PROTOCOL_RECORD) if msg.has_content() else None
+    if record is None or record.get("protocol", "secagg+") != "secagg+":
+        return call_next(msg, context)
+    stage = record.get("stage")
+    handler = STAGES.get(stage) if isinstance(stage, str) else None
+    try:
+        if handler is None:
+            raise ProtocolError(f"unknown SecAgg+ stage {stage!r}; known: {sorted(STAGES)}")
+        return handler(msg, context, call_next)
+    except SecurefedError as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning("SecAgg+ %s refused: %s", stage, reason)
+        if stage != "setup":
+            context.state.config_records.pop(STATE_KEY, None)
+        return Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)

@@ -1,0 +1,129 @@
+"""Wrap the adapter strategy for ``[secure] mode``: a registry of sum-only wrappers.
+
+``none`` returns the inner :class:`~strategies.adapter_fedavg.AdapterFedAvg` as is;
+``secagg`` wraps it in :class:`~strategies.secure_aggregation.SecureAggregation`
+(SecAgg+, Bell et al. 2020, arXiv:2009.05807); ``ckks`` in
+:class:`~strategies.homomorphic.HomomorphicAggregation` (CKKS, Cheon et al. 2017).
+:func:`check_secure` runs every check a wrapper would make at construction, so
+``securefed run`` refuses a bad combination before any process starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flwr.serverapp.strategy import Strategy
+
+from securefed.config import ExperimentConfig
+from securefed.exceptions import ConfigError
+from securefed.methods import TuningMethod
+from securefed.registry import Registry
+from strategies.adapter_fedavg import AdapterFedAvg
+from strategies.secure_aggregation import SecureAggregation
+from strategies.sum_only import check_exactness
+
+__all__ = ["SECURE_WRAPPERS", "check_secure", "secure_facts", "wrap_strategy"]
+
+Builder = Callable[[ExperimentConfig, AdapterFedAvg, TuningMethod], Strategy]
+
+SECURE_WRAPPERS: Registry[Builder] = Registry("secure aggregation mode")
+
+
+def _none(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod) -> Strategy:
+    return inner
+
+
+def _secagg(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod) -> Strategy:
+    s = config.secure
+    return SecureAggregation(
+        inner,
+        method=method.name,
+        exact_under_sum=method.semantics.exact_under_sum,
+        allow_inexact=s.allow_inexact,
+        clipping_range=s.clipping_range,
+        bits=s.bits,
+        degree=s.degree or None,
+        threshold=s.threshold or None,
+        max_weight=s.max_weight,
+        on_overflow=s.on_overflow,  # type: ignore[arg-type]
+        stage_timeout=s.stage_timeout_s,
+    )
+
+
+def _ckks(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod) -> Strategy:
+    from strategies.homomorphic import HomomorphicAggregation
+
+    s = config.secure
+    return HomomorphicAggregation(
+        inner,
+        method=method.name,
+        exact_under_sum=method.semantics.exact_under_sum,
+        allow_inexact=s.allow_inexact,
+        clipping_range=s.clipping_range,
+        max_weight=s.max_weight,
+        on_overflow=s.on_overflow,  # type: ignore[arg-type]
+        key_role=s.key_role,
+        poly_modulus_degree=s.poly_modulus_degree,
+        coeff_mod_bit_sizes=s.coeff_bits,
+        global_scale_bits=s.global_scale_bits,
+        stage_timeout=s.stage_timeout_s,
+    )
+
+
+SECURE_WRAPPERS.register("none", _none)
+SECURE_WRAPPERS.register("secagg", _secagg)
+SECURE_WRAPPERS.register("ckks", _ckks)
+
+
+def wrap_strategy(config: ExperimentConfig, inner: AdapterFedAvg,
+                  method: TuningMethod) -> Strategy:
+    """The strategy ``[secure] mode`` asks for, around ``inner``.
+
+    Raises
+    ------
+    ConfigError
+        If the method is inexact under sums without opt-in, or the wrapper's
+        parameters cannot work for ``clients_per_round`` clients (overflow bound,
+        neighbour graph, CKKS range).
+    """
+    return SECURE_WRAPPERS.get(config.secure.mode)(config, inner, method)
+
+
+def check_secure(config: ExperimentConfig, method: TuningMethod) -> None:
+    """Every check :func:`wrap_strategy` makes, without building a model.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`wrap_strategy`.
+    """
+    if not config.secure.enabled:
+        return
+    check_exactness(method.name, method.semantics.exact_under_sum,
+                    config.secure.allow_inexact, f"[secure] mode = {config.secure.mode!r}")
+    fed = config.federation
+    probe = AdapterFedAvg(clients_per_round=fed.clients_per_round,
+                          min_replies=fed.required_replies, rng=np.random.default_rng(0))
+    wrapper = wrap_strategy(config, probe, method)
+    config_for = getattr(wrapper, "config_for", None)
+    if config_for is not None:
+        try:
+            config_for(fed.clients_per_round, 1)
+        except ConfigError as exc:
+            raise ConfigError(f"[secure] with {fed.clients_per_round} clients per round: "
+                              f"{exc}") from None
+
+
+def secure_facts(config: ExperimentConfig, method: TuningMethod) -> dict[str, Any]:
+    """What ``summary.json`` records about secure aggregation."""
+    s = config.secure
+    facts: dict[str, Any] = {"secure_mode": s.mode, "payload_form": config.federation.payload_form}
+    if s.enabled:
+        exact = method.semantics.exact_under_sum
+        facts.update(secure_clipping_range=s.clipping_range,
+                     secure_exactness="exact" if exact else "inexact-allowed")
+        if s.mode == "ckks":
+            facts["ckks_key_role"] = s.key_role
+    return facts

@@ -1,0 +1,190 @@
+"""Common ground of the sum-only wrappers: secure aggregation and CKKS aggregation.
+
+Under secure aggregation (Bonawitz et al. 2017; Bell et al. 2020, arXiv:2009.05807) or
+additively homomorphic encryption the server learns only the **sum** of the clients'
+(weight-scaled) updates and the sum of their weights. A wrapper strategy runs the
+cryptographic exchange through the grid and hands the inner strategy that sum via
+``inner.aggregate_from_sum``; evaluation passes straight through.
+
+Exactness rule
+--------------
+A weighted mean computed from plain sums is the intended update only for methods whose
+aggregation is linear in the payload (``exact_under_sum``). For LoRA and FeDeRA the
+factor-wise mean of ``A`` and ``B`` is not the mean of ``B·A`` (FFA-LoRA, arXiv
+2403.12313; FedEx-LoRA, arXiv 2410.09432), so the wrappers refuse such a method unless
+the config opts in to the inexact mean (``[secure] allow_inexact = true``, reported in
+the summary) or sends the exact dense product (``[federation] payload_form = "dense"``).
+
+This module is numpy-only; it never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from securefed.exceptions import AggregationError, ConfigError
+from strategies.adapter_fedavg import TrainRoundStats
+
+__all__ = ["ExactnessDecision", "SumAggregator", "SumOnlyAggregation", "check_exactness"]
+
+log = logging.getLogger(__name__)
+
+#: Name of the ConfigRecord that carries a wrapper's protocol fields in both directions.
+PROTOCOL_RECORD = "secure"
+
+
+class SumAggregator(Protocol):
+    """What a sum-only wrapper needs from its inner strategy (``AdapterFedAvg``)."""
+
+    min_replies: int
+
+    @property
+    def global_payload(self) -> dict[str, np.ndarray]:
+        """The global payload of the current training round."""
+
+    @property
+    def current_stats(self) -> TrainRoundStats | None:
+        """The statistics of the training round in progress."""
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Sample clients and build their train messages."""
+
+    def aggregate_from_sum(self, server_round: int, update_sum: Mapping[str, np.ndarray],
+                           weight_sum: float, contributors: list[int],
+                           metrics: MetricRecord) -> tuple[ArrayRecord, MetricRecord]:
+        """Finish the round from the weighted sum of updates."""
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Build federated-evaluation messages."""
+
+    def aggregate_evaluate(self, server_round: int,
+                           replies: Iterable[Message]) -> MetricRecord | None:
+        """Aggregate federated-evaluation replies."""
+
+
+class ExactnessDecision(str):
+    """``"exact"`` or ``"inexact-allowed"``: what :func:`check_exactness` decided."""
+
+
+def check_exactness(method: str, exact_under_sum: bool, allow_inexact: bool,
+                    wrapper: str) -> ExactnessDecision:
+    """Apply the exactness rule for a method under a sum-only wrapper.
+
+    Raises
+    ------
+    ConfigError
+        If the method's mean is inexact under sums and the config did not opt in.
+    """
+    if exact_under_sum:
+        return ExactnessDecision("exact")
+    if allow_inexact:
+        log.warning("%s: method %r is aggregated factor-wise; the mean is inexact "
+                    "(allow_inexact = true)", wrapper, method)
+        return ExactnessDecision("inexact-allowed")
+    raise ConfigError(
+        f"{wrapper}: method {method!r} is not exact under sum-only aggregation "
+        "(the factor-wise mean of LoRA A and B is not the mean of B·A). Choose one: "
+        "[federation] payload_form = \"dense\" (clients send B·A; exact, more bytes), "
+        "[secure] allow_inexact = true (inexact mean, reported in the summary), "
+        "or an exact method such as 'ffa-lora'"
+    )
+
+
+def mean_metrics(replies: Iterable[Message], key: str = "metrics") -> MetricRecord:
+    """Unweighted mean of the numeric client metrics (the weights stay secret)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for msg in replies:
+        record = msg.content.metric_records.get(key)
+        for name, value in (record or {}).items():
+            if isinstance(value, int | float) and np.isfinite(value):
+                sums[name] = sums.get(name, 0.0) + float(value)
+                counts[name] = counts.get(name, 0) + 1
+    return MetricRecord({k: sums[k] / counts[k] for k in sums})
+
+
+class SumOnlyAggregation(Strategy):
+    """Base of :class:`SecureAggregation` and :class:`HomomorphicAggregation`.
+
+    Parameters
+    ----------
+    inner : SumAggregator
+        The strategy that samples clients and turns the sum into the new global
+        payload (:class:`~strategies.adapter_fedavg.AdapterFedAvg`).
+    method : str
+        The tuning method's name (for messages and the summary).
+    exact_under_sum : bool
+        The method's declared semantics.
+    allow_inexact : bool
+        Opt in to an inexact factor-wise mean.
+    stage_timeout : float
+        Seconds to wait for the replies of each protocol stage after training.
+    """
+
+    wrapper_name = "sum-only aggregation"
+
+    def __init__(self, inner: SumAggregator, *, method: str, exact_under_sum: bool,
+                 allow_inexact: bool = False, stage_timeout: float = 120.0) -> None:
+        if stage_timeout <= 0:
+            raise ConfigError(f"stage_timeout must be > 0, got {stage_timeout}")
+        self.inner = inner
+        self.method = method
+        self.exactness = check_exactness(method, exact_under_sum, allow_inexact,
+                                         self.wrapper_name)
+        self.stage_timeout = stage_timeout
+        self._grid: Grid | None = None
+
+    # ------------------------------------------------------------- messaging
+    def _send(self, server_round: int, contents: Mapping[int, RecordDict],
+              stage: str) -> dict[int, Message]:
+        """Send one protocol stage; return ``{node: reply}`` of the nodes that replied."""
+        if self._grid is None:
+            raise AggregationError("protocol stage before configure_train")
+        msgs = [Message(content=c, message_type=MessageType.TRAIN, dst_node_id=node,
+                        group_id=str(server_round)) for node, c in contents.items()]
+        replies = self._grid.send_and_receive(msgs, timeout=self.stage_timeout)
+        out: dict[int, Message] = {}
+        for reply in replies:
+            node = int(reply.metadata.src_node_id)
+            if node in contents:
+                out[node] = reply
+        missing = sorted(set(contents) - set(out))
+        if missing:
+            log.warning("round %d, %s: no reply from nodes %s", server_round, stage, missing)
+        return out
+
+    def _reject(self, node: int, reason: str) -> None:
+        stats = self.inner.current_stats
+        if stats is not None:
+            stats.rejected[node] = reason
+        log.warning("rejected node %d: %s", node, reason)
+
+    def _note(self, **extra: Any) -> None:
+        stats = self.inner.current_stats
+        if stats is not None:
+            stats.extra.update(extra)
+
+    # ------------------------------------------------------------ delegation
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Federated evaluation is unchanged: delegated to the inner strategy."""
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int,
+                           replies: Iterable[Message]) -> MetricRecord | None:
+        """Delegated to the inner strategy."""
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        """Log the wrapper and the inner strategy."""
+        log.info("%s around %s (method %s, %s)", self.wrapper_name,
+                 type(self.inner).__name__, self.method, self.exactness)
