@@ -195,6 +195,11 @@ class SecAggServer:
                 )
         if keys[0] == keys[1]:
             raise ProtocolError(f"client {sender} advertised the same key twice")
+        taken = {key for pair in self._keys.values() for key in pair}
+        if taken.intersection(keys):
+            # Honest clients refuse a broadcast with a repeated key: accepting a copied
+            # key would let one client stall the round.
+            raise ProtocolError(f"client {sender} advertised a key another client already uses")
         self._keys[sender] = keys
 
     def broadcast_keys(self) -> dict[int, KeysBroadcast]:
@@ -216,7 +221,7 @@ class SecAggServer:
         if not isinstance(msg.ciphertexts, dict):
             raise ProtocolError("ciphertexts must be a dict")
         expected = {v for v in self.graph[sender] if v in self._keys}
-        if set(msg.ciphertexts) != expected:
+        if not all(_is_id(v) for v in msg.ciphertexts) or set(msg.ciphertexts) != expected:
             raise ProtocolError(
                 f"client {sender} must send one bundle to each advertised neighbour "
                 f"{sorted(expected)}, got {sorted(msg.ciphertexts, key=repr)}"
@@ -248,7 +253,7 @@ class SecAggServer:
                 f"masked vector of client {sender} has length {vec.size}, "
                 f"expected {cfg.masked_length}"
             )
-        if msg.bits != cfg.bits:
+        if not _is_id(msg.bits) or msg.bits != cfg.bits:
             raise PayloadError(f"client {sender} masked with bits={msg.bits!r}, not {cfg.bits}")
         if cfg.bits < 64 and vec.size and int(vec.max()) >= cfg.quantization.modulus:
             raise PayloadError(f"masked vector of client {sender} has values >= 2**{cfg.bits}")
@@ -276,7 +281,11 @@ class SecAggServer:
             ("b_shares", msg.b_shares, req.survivors),
             ("s_shares", msg.s_shares, req.dropped),
         ):
-            if not isinstance(shares, dict) or set(shares) != set(want):
+            if (
+                not isinstance(shares, dict)
+                or not all(_is_id(p) for p in shares)
+                or set(shares) != set(want)
+            ):
                 raise ProtocolError(f"{name} of client {sender} must cover exactly {sorted(want)}")
             for value in shares.values():
                 if not _is_id(value) or not 0 <= value < PRIME:
