@@ -20,8 +20,8 @@ CKKS: Cheon, Kim, Kim and Song 2017 (ASIACRYPT); implementation: TenSEAL 0.3.18 
 Microsoft SEAL. Only addition is performed, so no Galois or relinearisation keys exist;
 the ciphertext size is 2 polynomials x N coefficients x (number of *data* primes, i.e.
 all but SEAL's last, special prime) x 8 bytes, before SEAL's zstd compression. Per value
-that is ``8 x data primes`` times float32 bytes, whatever ``N``: the default
-``(60, 40, 60)`` has two data primes (about 14x), ``(60, 40)`` one (about 8x);
+that is ``8 x data primes`` times float32 bytes, whatever ``N``: TenSEAL's tutorial
+``(60, 40, 60)`` has two data primes (about 14x), the default ``(60, 40)`` one (about 8x);
 compression then shaves off the unused high bits of primes smaller than 64 bits.
 """
 
@@ -61,10 +61,12 @@ GOAL_MAX_ERROR = 1e-6
 #: single data prime or smaller primes that aim at the 10x goal.
 SETTINGS: tuple[tuple[str, CKKSConfig], ...] = (
     ("default", CKKSConfig()),
+    ("tenseal-tutorial", CKKSConfig(coeff_mod_bit_sizes=(60, 40, 60), global_scale_bits=40)),
     ("stack-n16384", CKKSConfig(poly_modulus_degree=16384, coeff_mod_bit_sizes=(60, 50, 60),
                                 global_scale_bits=50)),
-    ("one-data-prime", CKKSConfig(coeff_mod_bit_sizes=(60, 40))),
-    ("one-50-bit-prime", CKKSConfig(coeff_mod_bit_sizes=(50, 40))),
+    ("one-data-prime-scale-40", CKKSConfig(coeff_mod_bit_sizes=(60, 40),
+                                           global_scale_bits=40)),
+    ("one-50-bit-prime", CKKSConfig(coeff_mod_bit_sizes=(50, 40), global_scale_bits=40)),
     ("small-primes", CKKSConfig(coeff_mod_bit_sizes=(40, 21, 40), global_scale_bits=21)),
 )
 

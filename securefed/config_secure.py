@@ -17,7 +17,7 @@
     key_role = "authority"    # or "shared" (every client holds the secret key; weaker)
     poly_modulus_degree = 8192
     coeff_mod_bit_sizes = "60,40"
-    global_scale_bits = 40
+    global_scale_bits = 50    # aggregates up to |value| < 2**9, error ~1e-11
 
 Validation here is structural; the wrappers of ``strategies/`` check the rest
 (overflow bound, exactness of the method) before the first round.
@@ -60,7 +60,7 @@ class SecureConfig:
     key_role: str = "authority"
     poly_modulus_degree: int = 8192
     coeff_mod_bit_sizes: str = "60,40"
-    global_scale_bits: int = 40
+    global_scale_bits: int = 50
 
     def __post_init__(self) -> None:
         if self.mode not in SECURE_MODES:

@@ -22,6 +22,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from securefed.app.ckks_mod import ckks_mod
 from securefed.app.runtime import client_data, tuned_model
 from securefed.app.secagg_mod import secagg_mod
 from securefed.app.settings import config_from_run_config, partition_id_of
@@ -34,7 +35,7 @@ __all__ = ["app", "handle_evaluate", "handle_train"]
 #: Privacy mods, outermost first. ``secagg_mod`` passes through every message that is
 #: not part of a SecAgg+ round; clipping mods (DP) go after it so that they run inside
 #: it, on the update before it is masked.
-MODS: list[Mod] = [secagg_mod]
+MODS: list[Mod] = [secagg_mod, ckks_mod]
 
 app = ClientApp(mods=MODS)
 

@@ -62,7 +62,10 @@ NONCE_BYTES = 12
 
 PAIRWISE_MASK_LABEL = "pairwise-mask"
 SHARE_ENCRYPTION_LABEL = "share-encryption"
-KEY_LABELS = (PAIRWISE_MASK_LABEL, SHARE_ENCRYPTION_LABEL)
+KEY_TRANSPORT_LABEL = "key-transport"
+"""HKDF label of the key that wraps a CKKS secret context sent to a client (``shared``
+key role, :mod:`securefed.app.ckks_mod`)."""
+KEY_LABELS = (PAIRWISE_MASK_LABEL, SHARE_ENCRYPTION_LABEL, KEY_TRANSPORT_LABEL)
 """The only HKDF labels: one per use of an agreed key."""
 
 _HKDF_PREFIX = b"securefed/secagg/v1/"
@@ -118,7 +121,7 @@ def derive_shared_key(
         Own secret key.
     peer_public : bytes
         The peer's raw 32-byte public key.
-    label : {"pairwise-mask", "share-encryption"}
+    label : {"pairwise-mask", "share-encryption", "key-transport"}
         What the key is for; different labels give independent keys.
     context : bytes, optional
         Extra HKDF info that both sides must agree on (e.g. the round number).

@@ -9,7 +9,7 @@ from securefed.he import CKKSConfig, KeyMaterial, generate_keys
 
 @pytest.fixture(scope="session")
 def authority_keys() -> KeyMaterial:
-    """Default parameters (n=8192, [60, 40, 60], scale 2^40), authority role."""
+    """Default parameters (n=8192, [60, 40], scale 2^50), authority role."""
     return generate_keys(CKKSConfig())
 
 

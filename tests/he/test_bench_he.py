@@ -17,6 +17,6 @@ def test_bench_he_tiny(tmp_path):
     rows = {r["label"]: r for r in report["rows"]}
     assert set(rows) == {label for label, _ in he.SETTINGS}
     assert rows["default"]["error_goal_passed"]
-    assert rows["one-data-prime"]["ciphertext_bytes"] < rows["default"]["ciphertext_bytes"]
+    assert rows["default"]["ciphertext_bytes"] < rows["tenseal-tutorial"]["ciphertext_bytes"]
     text = readme.read_text(encoding="utf-8")
     assert "<!-- he:start -->" in text and "CKKS aggregation" in text

@@ -29,7 +29,7 @@ def _round(keys, xs):
 
 
 def test_five_clients_within_1e6(authority_keys):
-    # default n=8192, [60, 40, 60], scale 2^40 gives ~3e-8: 1e-6 needs no larger setting
+    # default n=8192, [60, 40], scale 2^50 gives ~1e-11: 1e-6 needs no larger setting
     rng = np.random.default_rng(0)
     xs = [rng.uniform(-1, 1, 300) for _ in range(5)]
     got = _round(authority_keys, xs)
@@ -187,9 +187,11 @@ def _add_then_decrypt(keys, *cts):
 def test_max_abs_aggregate_is_the_wrap_point():
     """Below ``max_abs_aggregate`` the sum decodes; just above it wraps around the data
     modulus (CKKS cannot notice), so callers must keep clients × bound below it."""
-    cfg = CKKSConfig(coeff_mod_bit_sizes=(60, 40))
+    cfg = CKKSConfig(coeff_mod_bit_sizes=(60, 40), global_scale_bits=40)
     assert cfg.max_abs_aggregate == 2.0**19
-    assert CKKSConfig().max_abs_aggregate == 2.0**59
+    assert CKKSConfig().max_abs_aggregate == 2.0**9  # (60, 40) at scale 2^50
+    assert CKKSConfig(coeff_mod_bit_sizes=(60, 40, 60),
+                      global_scale_bits=40).max_abs_aggregate == 2.0**59
     keys = generate_keys(cfg)
     for factor, correct in ((0.95, True), (1.05, False)):
         v = factor * cfg.max_abs_aggregate / 4

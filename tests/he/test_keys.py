@@ -21,7 +21,7 @@ from securefed.he import (
 def test_defaults_and_slot_count():
     cfg = CKKSConfig()
     assert (cfg.poly_modulus_degree, cfg.coeff_mod_bit_sizes, cfg.global_scale_bits,
-            cfg.key_role) == (8192, (60, 40, 60), 40, "authority")
+            cfg.key_role) == (8192, (60, 40), 50, "authority")
     assert cfg.slot_count == 4096
     assert not cfg.weaker
 
