@@ -188,10 +188,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _superlink(run_dir: Path, env: dict[str, str]) -> Iterator[int]:
+def _superlink(run_dir: Path, env: dict[str, str], *, simulation: bool = True) -> Iterator[int]:
+    """A SuperLink on a free loopback port (simulation engine, or deployment mode for
+    SuperNodes), stopped by PID on exit."""
     # Flower 1.41 serves the Runtime, Control and Fleet APIs on one HTTP port.
     port = _free_port()
-    cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+    mode = ["--simulation"] if simulation else []
+    cmd = [_bin("flower-superlink"), "--insecure", *mode, "--isolation", "subprocess",
            "--host", "127.0.0.1", "--port", str(port),
            "--disable-runtime-dependency-installation",
            "--log-file", str(run_dir / "superlink.log")]

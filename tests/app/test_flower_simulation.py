@@ -114,3 +114,16 @@ def test_ctrl_c_stops_every_flower_process(tiny_backbones, tmp_path) -> None:
     assert proc.wait(timeout=60) == 130
     _, alive = psutil.wait_procs(family, timeout=30)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+
+
+@pytest.mark.parametrize("mode", ["secagg", "ckks"])
+def test_secure_modes_on_flower_simulation_engine(tiny_backbones, tmp_path, mode) -> None:
+    """SecAgg+ and CKKS through `flwr run` on the simulation engine (Ray workers keep
+    each node's Context between the protocol's stages)."""
+    cfg = tiny_config(tiny_backbones["bert"], tmp_path / "run", method_name="ffa-lora",
+                      rounds=2, num_clients=3, per_round=3, secure={"mode": mode})
+    summary = run_simulation(cfg, tmp_path / "run", num_cpus=1, timeout_s=300)
+    assert summary["status"] == "completed" and summary["secure_mode"] == mode
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")[1:]
+    assert len(rows) == 2 and all(len(r["clients"]) == 3 for r in rows)
+    assert all(r["secure"]["secure"] in ("secagg+", "ckks") for r in rows)

@@ -1,0 +1,90 @@
+"""The ClientApp's local work: train and evaluate the adapter (torch lives here).
+
+Split from :mod:`securefed.app.client_app` so that loading the ClientApp does not import
+torch: in a SuperNode deployment every message starts a fresh ClientApp process, and
+the secure-aggregation stages after training (share keys, masked input, unmask, CKKS
+decrypt) never touch the model, so they skip torch's start-up cost entirely.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+
+from securefed.app.runtime import client_data, tuned_model
+from securefed.app.settings import config_from_run_config, partition_id_of
+from securefed.exceptions import PayloadError
+from securefed.training import evaluate, train_local
+from strategies.records import read_payload, write_payload
+
+__all__ = ["handle_evaluate", "handle_train"]
+
+
+def _global_payload(msg: Message) -> dict[str, np.ndarray]:
+    return read_payload(msg.content)
+
+
+def _threads(n: int) -> None:
+    if n and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def handle_train(msg: Message, context: Context) -> Message:
+    """Train the global adapter on this client's partition and reply with it."""
+    config = config_from_run_config(context.run_config)
+    _threads(config.train.torch_threads)
+    pid = partition_id_of(context)
+    tm = tuned_model(config)
+    data = client_data(config, pid)
+    tm.load(_global_payload(msg))
+    server_round = msg.content.config_records["config"].get("server-round", 0)
+    if not isinstance(server_round, int):
+        raise PayloadError(f"config 'server-round' must be an int, got {server_round!r}")
+    # Dropout and other torch randomness: reproducible per (seed, client, round), so
+    # that a rerun (or the same round under secure aggregation) trains identically.
+    torch.manual_seed((config.experiment.seed * 1_000_003 + pid * 7919 + server_round)
+                      % 2**63)
+    started = time.perf_counter()
+    steps = 0
+    loss = acc = 0.0
+    for epoch in range(config.train.local_epochs):
+        res = train_local(
+            tm.model,
+            data.train_batches(config.train.batch_size,
+                               epoch=server_round * 1000 + epoch,
+                               seed=config.experiment.seed),
+            lr=config.train.lr,
+            weight_decay=config.train.weight_decay,
+            max_steps=config.train.max_steps,
+        )
+        steps += res.steps
+        loss, acc = res.loss, res.accuracy
+    metrics = MetricRecord({
+        "num-examples": len(data.train),
+        "train-loss": loss,
+        "train-accuracy": acc,
+        "train-steps": steps,
+        "train-seconds": time.perf_counter() - started,
+    })
+    content = RecordDict({**write_payload(tm.payload()), "metrics": metrics})
+    return Message(content, reply_to=msg)
+
+
+def handle_evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global adapter on this client's local validation split."""
+    config = config_from_run_config(context.run_config)
+    _threads(config.train.torch_threads)
+    tm = tuned_model(config)
+    data = client_data(config, partition_id_of(context))
+    tm.load(_global_payload(msg))
+    res = evaluate(tm.model, data.val.batches(config.train.eval_batch_size, shuffle=False))
+    empty = res.num_examples == 0
+    metrics = MetricRecord({
+        "num-examples": res.num_examples,
+        "eval-loss": 0.0 if empty else res.loss,
+        "eval-accuracy": 0.0 if empty else res.accuracy,
+    })
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
