@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -130,6 +130,30 @@ class HomomorphicAggregation(SumOnlyAggregation):
                 f"of coeff_mod_bit_sizes {self.ckks.coeff_mod_bit_sizes} at scale "
                 f"2^{self.ckks.global_scale_bits}; add data-prime bits or lower the scale")
         return self.ckks
+
+    # ----------------------------------------------------------------- state
+    def _own_state(self) -> dict[str, Any]:
+        """The key authority, the public context and who already holds it (no secret)."""
+        return {
+            "authority": self.authority,
+            "public_context": None if self.public_context is None
+            else self.public_context.hex(),
+            "delivered": sorted(self._delivered),
+            "wrapped": {str(n): blob.hex() for n, blob in self._wrapped.items()},
+            "transport_public": self._transport_public.hex(),
+        }
+
+    def _load_own_state(self, state: Mapping[str, Any]) -> None:
+        try:
+            public = state["public_context"]
+            self.public_context = None if public is None else bytes.fromhex(public)
+            self._server_ctx = None if public is None else server_context(self.public_context)
+            self.authority = None if state["authority"] is None else int(state["authority"])
+            self._delivered = {int(n) for n in state["delivered"]}
+            self._wrapped = {int(n): bytes.fromhex(b) for n, b in state["wrapped"].items()}
+            self._transport_public = bytes.fromhex(state["transport_public"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed HomomorphicAggregation state: {exc!r}") from None
 
     # ---------------------------------------------------------------- keys
     def _record(self, stage: str, **fields: Any) -> RecordDict:

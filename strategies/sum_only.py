@@ -66,6 +66,12 @@ class SumAggregator(Protocol):
                            grid: Grid) -> Iterable[Message]:
         """Build federated-evaluation messages."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+
     def aggregate_evaluate(self, server_round: int,
                            replies: Iterable[Message]) -> MetricRecord | None:
         """Aggregate federated-evaluation replies."""
@@ -172,6 +178,35 @@ class SumOnlyAggregation(Strategy):
         stats = self.inner.current_stats
         if stats is not None:
             stats.extra.update(extra)
+
+    # ----------------------------------------------------------------- state
+    def _own_state(self) -> dict[str, Any]:
+        """The wrapper's state between rounds (JSON-serialisable); none by default."""
+        return {}
+
+    def _load_own_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`_own_state` output."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state of the wrapper and its inner strategy (crash resume).
+
+        A round interrupted mid-protocol is not resumed: its secrets lived in the
+        clients' state for that round only, so the round is run again.
+        """
+        return {"wrapper": self.wrapper_name, "inner": self.inner.state_dict(),
+                "own": self._own_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (a mismatched wrapper is a ConfigError)."""
+        try:
+            if state["wrapper"] != self.wrapper_name:
+                raise ConfigError(f"state of {state['wrapper']!r} cannot be loaded into "
+                                  f"{self.wrapper_name!r}")
+            inner, own = state["inner"], state["own"]
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"malformed {self.wrapper_name} state: {exc!r}") from None
+        self.inner.load_state_dict(inner)
+        self._load_own_state(own)
 
     # ------------------------------------------------------------ delegation
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -25,9 +25,11 @@ Threshold ``t``
 Bits ``b``
     Given: validated by :class:`~securefed.secagg.quantize.QuantizationConfig` (the
     overflow bound ``n * q_max < 2**b``). Otherwise the minimum that lets ``n``
-    clients sum on a grid of ``2**grid_bits - 1`` steps without overflow,
-    :func:`~securefed.secagg.quantize.min_bits_for`; the resolved grid ``q_max`` is the
-    finest that fits in ``b`` bits (at least the target grid).
+    clients sum on a grid of ``2**grid_bits - 1`` steps without overflow
+    (:func:`~securefed.secagg.quantize.min_bits_for`), rounded up to whole bytes (at
+    most 62): a masked value travels in ``ceil(b / 8)`` bytes, so the extra bits give
+    a finer grid at no cost. The resolved grid ``q_max`` is the finest that fits in
+    ``b`` bits (at least the target grid).
 Bytes
     Per client per stage, the :attr:`wire_size` of the message classes of
     :mod:`securefed.secagg.messages` (what :func:`~securefed.secagg.run_protocol`
@@ -249,6 +251,9 @@ def plan(
         bound = failure_probability(n, k, t, p)
     if bits is None:
         b = min_bits_for(n, 2**grid - 1)
+        # The wire packs ceil(b / 8) bytes per value: the rest of the last byte buys a
+        # finer grid for free.
+        b = max(b, min(MAX_BITS, 8 * math.ceil(b / 8)))
         if b > MAX_BITS:
             raise ConfigError(
                 f"num_clients={n} at grid_bits={grid} needs {b} bits > {MAX_BITS}; "

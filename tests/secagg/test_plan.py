@@ -59,10 +59,12 @@ def test_bytes_match_a_real_round(n: int, degree: int | None) -> None:
     assert total == p.bytes_total
 
 
-def test_bits_minimal_and_given_bits_validated() -> None:
+def test_bits_fill_whole_bytes_and_given_bits_validated() -> None:
     p = plan(10, 5, 0.0)
     assert 10 * p.q_max < p.modulus
-    assert 2 ** (p.bits - 1) <= 10 * (2**16 - 1)  # one bit fewer would overflow the grid
+    # the minimum (20 bits for 10 x (2^16 - 1)), rounded up to the 3 bytes sent anyway
+    assert p.bits == 24 and p.q_max >= 2**16 - 1
+    assert plan(500, 5, 0.0).bits == 32  # 25 bits would travel in 4 bytes too
     assert plan(10, 5, 0.0, bits=32).bits == 32
     with pytest.raises(ConfigError, match=r"overflow|bits"):
         plan(1000, 5, 0.0, bits=8)
