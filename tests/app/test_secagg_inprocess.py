@@ -199,3 +199,24 @@ def test_capture_under_secagg_saves_the_masked_input(tiny_backbones, tmp_path) -
     assert masked.dtype == np.uint64 and meta["bits"] == 32 and masked.max() < 2**32
     assert not (out / "payload.safetensors").exists()  # the server never saw plaintext
     assert masked.size == meta["vector_length"] + 1  # + the weight field
+
+
+def _every_method() -> list[tuple[str, str]]:
+    """(method, payload form) for every registered method; LoRA/FeDeRA go dense."""
+    from securefed.methods import METHODS
+
+    return [(name, "dense" if name in ("lora", "federa") else "native")
+            for name in METHODS.names()]
+
+
+@pytest.mark.parametrize(("method", "form"), _every_method())
+def test_every_registered_method_aggregates_exactly_under_secagg(tiny_backbones, tmp_path,
+                                                                 method, form) -> None:
+    bb = tiny_backbones["bert"]
+    plain = _cfg(bb, tmp_path / "p", method, federation={"payload_form": form})
+    _run(plain, tmp_path / "p")
+    expected = _final(plain)
+    secure = _cfg(bb, tmp_path / "s", method, federation={"payload_form": form},
+                  secure={"mode": "secagg"})
+    assert _run(secure, tmp_path / "s")["secure_exactness"] == "exact"
+    _close(_final(secure), expected)
