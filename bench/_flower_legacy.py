@@ -8,7 +8,8 @@ and a ``NumPyClient`` (``.to_client()``):
 * :func:`flower_secaggplus`: ``SecAggPlusWorkflow`` as the fit workflow and
   ``secaggplus_mod`` on the client (the only place Flower 1.41 offers SecAgg+).
 
-Clients do not train: :class:`PerturbClient` returns the global payload it received plus
+Clients do not train (unless ``--train-steps``: :meth:`ClientSpec.work`, results
+discarded): :class:`PerturbClient` returns the global payload it received plus
 its deterministic perturbation (:meth:`bench.round_time.RoundSetup.delta`) and weight, so
 a round is aggregation + protocol + transport. The fit workflow is wrapped by
 :class:`TimedFitWorkflow`, which times each round with a
@@ -68,6 +69,7 @@ class PerturbClient(NumPyClient):
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]
             ) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        self.spec.work(self.index, parameters)  # --train-steps: real local training
         return self.spec.reply(self.index, parameters), self.spec.weight(self.index), {}
 
 

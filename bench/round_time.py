@@ -1,19 +1,26 @@
 """Round time of (secure) aggregation through Flower's simulation engine.
 
 The payload is the trainable tensors of LoRA (r=8, alpha=16) on MiniLM-L6 with a
-5-label head (BBC News), exactly what ``bench/comm.py`` measures for ``lora``. Clients
-do not train: client ``i`` returns the global payload it received plus a fixed
-perturbation ``delta_i`` (uniform in ``±scale``, seeded by ``(seed, i)``) with weight
-``100 + i``, so a round is protocol + aggregation + transport. Every variant runs in
+5-label head (BBC News), exactly what ``bench/comm.py`` measures for ``lora``. Client
+``i`` returns the global payload it received plus a fixed perturbation ``delta_i``
+(uniform in ``±scale``, seeded by ``(seed, i)``) with weight ``100 + i``. By default
+clients do not train, so a round is protocol + aggregation + transport
+(mode ``protocol-only``); with ``--train-steps K`` every client of every variant first
+runs ``K`` real LoRA steps (:mod:`bench._local_training`; batch 16, sequence 64, random
+token ids) and throws the result away, so the round costs what a real FL round does
+while the aggregate stays checkable (mode ``train-K-steps``). Every variant runs in
 its own ``flwr.simulation.run_simulation`` (Ray backend, one CPU per client) for
 ``--rounds`` rounds; its ``ServerApp`` times each round itself (startup excluded),
 checks the new global against the weighted mean of the client payloads and writes
 both to a JSON file. Round 1 is reported as warm-up, the median of the others as the
-round time, and every variant's ratio to ``flower-plaintext`` of the same run.
+round time, and every variant's ratios to ``flower-plaintext`` and
+``securefed-plaintext`` of the same run (:data:`BASELINES`).
 
 Variants live in :data:`VARIANTS`; built in (legacy API, :mod:`bench._flower_legacy`):
 ``flower-plaintext``, ``flower-secagg+`` (3 shares, threshold 2) and
-``flower-secagg+plan`` (shares and threshold from ``securefed.secagg.plan``). **Adding a variant**::
+``flower-secagg+plan`` (shares and threshold from ``securefed.secagg.plan``); Message
+API (:mod:`bench._securefed_variants`): ``securefed-plaintext`` (``AdapterFedAvg``) and
+``securefed-secagg`` (``SecureAggregation`` + ``secagg_mod``). **Adding a variant**::
 
     from bench.round_time import RoundSetup, register_variant
 
@@ -23,10 +30,14 @@ Variants live in :data:`VARIANTS`; built in (legacy API, :mod:`bench._flower_leg
         ...  # timer.stop(r); timer.check(r, new_arrays, setup.expected(old_arrays))
         ...  # end of run: timer.write({"tolerance": ..., ...}); client: setup.client
 
-and import that module in :func:`_load_variants` (the ``HOOK`` below). Results go to
-``bench/results/round_time.json`` and the ``round_time`` section of ``bench/README.md``::
+and import that module in :func:`_load_variants` (the ``HOOK`` below); a client that
+should honour ``--train-steps`` calls ``setup.client.work(i, arrays)`` before replying.
+Results go to ``bench/results/round_time.json`` under ``modes[<mode>]`` (a run replaces
+only its own mode; the top-level ``config``/``runs`` mirror ``protocol-only``) and the
+``round_time`` section of ``bench/README.md`` (every mode in the JSON)::
 
     .venv/bin/python bench/round_time.py --clients 5 10 20 --rounds 3 [--variants ...]
+    .venv/bin/python bench/round_time.py --clients 5 10 20 --rounds 3 --train-steps 4
 """
 
 from __future__ import annotations
@@ -60,7 +71,9 @@ if TYPE_CHECKING:
     from flwr.serverapp import ServerApp
 
 SECTION = "round_time"  #: the README section this benchmark owns
-BASELINE = "flower-plaintext"  #: ratios are taken against this variant
+BASELINE = "flower-plaintext"  #: ``ratio_to_baseline`` is taken against this variant
+#: Every run gets ``ratios[b]`` = its seconds / baseline b's (same n, same run).
+BASELINES = (BASELINE, "securefed-plaintext")
 Factory = Callable[["RoundSetup"], tuple["ServerApp", "ClientApp"]]
 #: name -> factory building (ServerApp, ClientApp) for one run; see :func:`register_variant`.
 VARIANTS: dict[str, Factory] = {}
@@ -86,6 +99,10 @@ class ClientSpec:
     seed: int = 0
     scale: float = 0.01
     weight_base: int = 100
+    #: ``--train-steps``: real LoRA steps each client runs before replying (0: none).
+    train_steps: int = 0
+    backbone: str = "minilm-l6"
+    num_labels: int = 5
 
     def weight(self, i: int) -> int:
         """``num_examples`` of client ``i``."""
@@ -100,6 +117,16 @@ class ClientSpec:
         """What client ``i`` sends back for global ``arrays``: ``arrays + delta(i)``."""
         deltas = self.delta(i, [np.shape(a) for a in arrays])
         return [np.asarray(a) + d for a, d in zip(arrays, deltas, strict=True)]
+
+    def work(self, i: int, arrays: Sequence[np.ndarray]) -> None:
+        """Client ``i``'s local compute before it replies: ``train_steps`` real LoRA
+        steps from global ``arrays`` (:mod:`bench._local_training`), results discarded;
+        nothing when ``train_steps == 0``."""
+        if self.train_steps > 0:
+            from bench._local_training import local_train
+
+            local_train(self.train_steps, i, arrays, backbone=self.backbone,
+                        num_labels=self.num_labels, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -196,8 +223,9 @@ def _load_variants() -> None:
                           ("flower-secagg+", _flower_legacy.flower_secaggplus),
                           ("flower-secagg+plan", _flower_legacy.flower_secaggplus_plan)):
         VARIANTS.setdefault(name, factory)
-    # HOOK: securefed-plaintext / securefed-secagg register here, e.g.
-    # `from bench import _securefed_variants` (importing it runs its @register_variant).
+    # HOOK: importing this module runs its @register_variant (securefed-plaintext,
+    # securefed-secagg: Message API, AdapterFedAvg / SecureAggregation).
+    from bench import _securefed_variants  # noqa: F401
 
 
 def lora_payload(backbone: str = "minilm-l6", num_labels: int = 5, seed: int = 0,
@@ -275,66 +303,151 @@ def measure(payload: Mapping[str, np.ndarray], clients: Sequence[int], rounds: i
             print(f"  n={n:<3} {name:<20} {runs[-1]['median_seconds']:.3f} s/round "
                   f"(warm-up {runs[-1]['warmup_seconds']:.3f} s, "
                   f"err {runs[-1]['max_abs_error']:.2g})", file=sys.stderr)
-        base = next((r["median_seconds"] for r in runs
-                     if r["num_clients"] == n and r["variant"] == BASELINE), None)
-        for r in runs:
-            if r["num_clients"] == n:
-                r["ratio_to_baseline"] = None if base is None else r["median_seconds"] / base
+        for b in BASELINES:
+            base = next((r["median_seconds"] for r in runs
+                         if r["num_clients"] == n and r["variant"] == b), None)
+            for r in runs:
+                if r["num_clients"] == n:
+                    ratio = None if base is None else r["median_seconds"] / base
+                    r.setdefault("ratios", {})[b] = ratio
+                    if b == BASELINE:
+                        r["ratio_to_baseline"] = ratio
     return runs
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
-    """The ``round_time`` section of ``bench/README.md`` from a :func:`main` report."""
-    m, cfg, runs = report["machine"], report["config"], report["runs"]
-    variants = list(dict.fromkeys(r["variant"] for r in runs))
-    by = {(r["num_clients"], r["variant"]): r for r in runs}
-    headers = ["clients n"] + [f"{v} (s)" for v in variants] + [
-        f"{v} / {BASELINE}" for v in variants if v != BASELINE]
-    rows = []
-    for n in dict.fromkeys(r["num_clients"] for r in runs):
-        cells: list[object] = [n]
-        cells += [f"{by[n, v]['median_seconds']:.3f}" if (n, v) in by else "–"
-                  for v in variants]
-        for v in variants:
-            if v != BASELINE:
-                ratio = by.get((n, v), {}).get("ratio_to_baseline")
-                cells.append("–" if ratio is None else f"{ratio:.2f}x")
-        rows.append(cells)
-    table = _common.markdown_table(headers, rows, "r" * len(headers))
-    def shares(r: Mapping[str, Any]) -> str:
-        sa = r["info"].get("secaggplus")
-        return "–" if sa is None else f"{sa['num_shares']} / {sa['reconstruction_threshold']}"
+PROTOCOL_ONLY = "protocol-only"  #: mode name of ``--train-steps 0``
+#: What the securefed SecAgg+ round is compared against (the issue's goals).
+GOAL_VARIANT, GOAL_PLAIN, GOAL_RATIO = "securefed-secagg", "securefed-plaintext", 1.25
+FLOWER_SECAGG = ("flower-secagg+", "flower-secagg+plan")
 
-    err_rows = [[r["variant"], r["num_clients"], shares(r), f"{r['warmup_seconds']:.3f}",
-                 f"{r['max_abs_error']:.2e}", f"{r['info']['tolerance']:.2e}"] for r in runs]
-    errs = _common.markdown_table(["variant", "n", "shares / threshold",
-                                   "warm-up round (s)", "max abs error", "tolerance"],
-                                  err_rows, "lrrrrr")
-    sa = next((r["info"]["secaggplus"] for r in runs if "secaggplus" in r["info"]), None)
+
+def mode_name(train_steps: int) -> str:
+    """``"protocol-only"`` for 0, else ``"train-K-steps"``: the key in ``modes``."""
+    return PROTOCOL_ONLY if train_steps <= 0 else f"train-{train_steps}-steps"
+
+
+def _shares(r: Mapping[str, Any]) -> str:
+    sa = r["info"].get("secaggplus")
+    if sa is not None:
+        return f"{sa['num_shares']} / {sa['reconstruction_threshold']}"
+    ours = r["info"].get("securefed_secagg")
+    if ours is not None:  # k neighbours + the client itself, as Flower counts
+        return f"{ours['degree'] + 1} / {ours['threshold']}"
+    return "–"
+
+
+def _ratio(r: Mapping[str, Any] | None, base: str) -> str:
+    value = None if r is None else r.get("ratios", {}).get(base)
+    if value is None and r is not None and base == BASELINE:
+        value = r.get("ratio_to_baseline")
+    return "–" if value is None else f"{value:.2f}x"
+
+
+def _mode_markdown(mode: str, entry: Mapping[str, Any]) -> list[str]:
+    """Heading, round-time table and goal table of one mode."""
+    cfg, runs = entry["config"], entry["runs"]
+    steps = int(cfg.get("train_steps", 0))
+    if steps:
+        title = (f"**With local training (`--train-steps {steps}`, mode `{mode}`)**: "
+                 f"before replying, every client of every variant runs {steps} AdamW "
+                 f"steps of LoRA on `{cfg['backbone']}` (batch "
+                 f"{cfg.get('train_batch', 16)}, sequence {cfg.get('train_seq_len', 64)}"
+                 ", random token ids, 1 torch thread), then discards the result and "
+                 "replies with its perturbation as in protocol-only mode, so the "
+                 "aggregate check still holds and only the training *time* is real.")
+    else:
+        title = (f"**Protocol only (mode `{mode}`)**: clients do not train; a round is "
+                 "protocol + aggregation + transport.")
+    rows = [[r["num_clients"], r["variant"], f"{r['median_seconds']:.3f}",
+             _ratio(r, BASELINE), _ratio(r, GOAL_PLAIN), f"{r['warmup_seconds']:.3f}",
+             f"{r['max_abs_error']:.2e}", f"{r['info']['tolerance']:.2e}", _shares(r)]
+            for r in runs]
+    table = _common.markdown_table(
+        ["n", "variant", "s / round", f"÷ {BASELINE}", f"÷ {GOAL_PLAIN}",
+         "warm-up round (s)", "max abs error", "tolerance", "shares / threshold"],
+        rows, "rlrrrrrrr")
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    title += (f" Variants measured: {', '.join(f'`{v}`' for v in variants)}; "
+              f"measured {entry['machine']['date']}.")
+    lines = [title, "", table, ""]
+    by = {(r["num_clients"], r["variant"]): r for r in runs}
+    goal_rows = []
+    for n in dict.fromkeys(r["num_clients"] for r in runs):
+        ours, plain = by.get((n, GOAL_VARIANT)), by.get((n, GOAL_PLAIN))
+        if ours is None:
+            continue
+        cells: list[object] = [n]
+        ratio = ours.get("ratios", {}).get(GOAL_PLAIN)
+        cells += ["–" if ratio is None else f"{ratio:.2f}x",
+                  "–" if ratio is None or plain is None
+                  else ("pass" if ratio <= GOAL_RATIO else "**FAIL**")]
+        flower = [by[n, v]["median_seconds"] for v in FLOWER_SECAGG if (n, v) in by]
+        for v in FLOWER_SECAGG:
+            cells.append("–" if (n, v) not in by else
+                         f"{ours['median_seconds'] / by[n, v]['median_seconds']:.2f}x")
+        cells.append("–" if not flower else
+                     ("pass" if ours["median_seconds"] < min(flower) else "**FAIL**"))
+        goal_rows.append(cells)
+    if goal_rows:
+        lines += [_common.markdown_table(
+            ["n", f"{GOAL_VARIANT} ÷ {GOAL_PLAIN}", f"≤ {GOAL_RATIO}x"]
+            + [f"÷ {v}" for v in FLOWER_SECAGG] + ["faster than Flower's SecAgg+"],
+            goal_rows, "rrlrrl"), ""]
+    return lines
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The ``round_time`` section of ``bench/README.md`` from a :func:`main` report:
+    every mode in ``report["modes"]`` (or the top-level ``config``/``runs`` alone)."""
+    m, cfg = report["machine"], report["config"]
+    modes = report.get("modes") or {
+        mode_name(int(cfg.get("train_steps", 0))): {"machine": m, "config": cfg,
+                                                     "runs": report["runs"]}}
+    ordered = sorted(modes, key=lambda k: int(modes[k]["config"].get("train_steps", 0)))
     lines = [
         "### Round time (`bench/round_time.py`)", "",
         f"Payload: `lora` (r={cfg['lora_r']}, alpha={cfg['lora_alpha']}) on "
         f"`{cfg['backbone']}`, {cfg['num_labels']}-label head: {cfg['params']:,} float32 "
-        f"in {cfg['tensors']} tensors. Clients do not train: client i returns the global "
-        f"plus a fixed perturbation (uniform ±{cfg['scale']}) with weight 100 + i. "
-        "Each variant runs in its own `run_simulation` (Ray, 1 CPU per client); the "
-        "ServerApp times each round (send, every protocol stage, replies, aggregation; "
-        f"startup excluded). Seconds per round = median of rounds 2–{cfg['rounds']}; "
-        f"ratios are against `{BASELINE}` measured in the same run.", "",
-        table, "",
+        f"in {cfg['tensors']} tensors. Client i replies with the global plus a fixed "
+        f"perturbation (uniform ±{cfg['scale']}) and weight 100 + i. Each variant runs "
+        "in its own `run_simulation` (Ray, 1 CPU per client, so as many clients run at "
+        "once as the machine has CPUs); the ServerApp times each round (send, every "
+        "protocol stage, replies, aggregation; startup and evaluation excluded). "
+        f"Seconds per round = median of rounds 2–{cfg['rounds']}; round 1 (Ray actors "
+        "start, models load) is the warm-up. Ratios are against `flower-plaintext` and "
+        "`securefed-plaintext` measured in the same run (same mode).", "",
+    ]
+    for mode in ordered:
+        lines += _mode_markdown(mode, modes[mode])
+    lines += [
         "`flower-*` use Flower's legacy API (`DefaultWorkflow`, legacy `FedAvg`, "
         "`NumPyClient`); the SecAgg+ ones add `SecAggPlusWorkflow` + `secaggplus_mod`. "
         "`flower-secagg+` uses 3 shares (2 neighbours) and threshold 2; "
         "`flower-secagg+plan` the neighbourhood of `securefed secagg plan` (dropout 0): "
         "num_shares = degree + 1 (the client's own share included), threshold = t. "
-        "Every aggregate is checked against the float64 weighted mean of the client "
-        "payloads; *tolerance* is the variant's bound (float32 rounding in plaintext, "
-        "Flower's quantisation step × n / Σ weight ratios for SecAgg+).", "", errs, "",
+        "`securefed-*` use the Message API (`ServerApp` + `Strategy.start`, "
+        "`ClientApp(mods=[secagg_mod])`): `securefed-plaintext` is `AdapterFedAvg`, "
+        "`securefed-secagg` is `SecureAggregation(AdapterFedAvg)` with clipping range 8 "
+        "and max weight 1000 (Flower's defaults), a 32-bit modulus and the degree k and "
+        "threshold t that `securefed secagg plan` picks (shown as k + 1 / t); it is "
+        "labelled `lora` with `allow_inexact` (the check below is the weighted mean of "
+        "the payload vectors, which sums compute exactly up to quantisation). Every "
+        "aggregate is checked against the float64 weighted mean of the client payloads; "
+        "*tolerance* is the variant's bound (float32 rounding in plaintext; the "
+        "quantisation step × n × max weight / Σ weights for SecAgg+).", "",
         "The simulation engine polls: the grid pulls replies every 0.1 s and the engine "
         "picks up new messages every 0.1 s, so every server→clients exchange costs at "
-        "least ~0.1 s whatever the work; plaintext makes 1 exchange a round, SecAgg+ 4.",
+        "least ~0.1 s whatever the work; plaintext makes 1 exchange a round, SecAgg+ 4 "
+        "(securefed's: setup with the train message, share-keys, masked-input, unmask). "
+        "In protocol-only mode that floor, not cryptography, dominates, so SecAgg+ "
+        "cannot be within 1.25x of a 1-exchange plaintext round there; the training "
+        "mode shows the ratio for a round whose clients do real work. Ray runs its "
+        "workers at nice 15, so on a shared host other jobs slow the clients (most in "
+        "training mode); the modes were measured in separate runs, each side by side.",
         "",
     ]
+    sa = next((r["info"]["secaggplus"] for e in modes.values() for r in e["runs"]
+               if "secaggplus" in r["info"]), None)
     if sa:
         lines += [f"Flower SecAgg+ settings otherwise at its defaults: clipping_range "
                   f"{sa['clipping_range']}, quantization_range "
@@ -347,8 +460,28 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge_report(previous: Mapping[str, Any] | None, mode: str,
+                 entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON report after measuring ``mode``: ``modes[mode] = entry`` (every other
+    mode of ``previous`` kept; a file from before modes existed counts as
+    protocol-only), and the top-level ``machine``/``config``/``runs`` = the
+    protocol-only entry when there is one, else ``entry``."""
+    modes: dict[str, Any] = {}
+    if previous:
+        modes.update(previous.get("modes") or {})
+        if not modes and "runs" in previous and "config" in previous:
+            old_mode = mode_name(int(previous["config"].get("train_steps", 0)))
+            modes[old_mode] = {k: previous[k] for k in ("machine", "config", "runs")
+                               if k in previous}
+    modes[mode] = dict(entry)
+    top = modes.get(PROTOCOL_ONLY, entry)
+    return {"benchmark": SECTION, "machine": top["machine"], "config": top["config"],
+            "runs": top["runs"], "modes": modes}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Measure every variant for every n, write JSON and README; 0 on success."""
+    """Measure every variant for every n, merge into the JSON, write the README; 0 on
+    success."""
     _load_variants()
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[5, 10, 20])
@@ -359,20 +492,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-labels", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=0.01, help="perturbation range")
-    parser.add_argument("--out", type=Path, default=_common.RESULTS_DIR / "round_time.json")
+    parser.add_argument("--train-steps", type=int, default=0, metavar="K",
+                        help="real LoRA training steps per client before replying "
+                             "(0 = protocol only); results go to modes['train-K-steps']")
+    parser.add_argument("--out", type=Path, default=_common.RESULTS_DIR / "round_time.json",
+                        help="JSON report; other modes already in it are kept")
     parser.add_argument("--readme", type=Path, default=_common.README_PATH)
     parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error("--rounds must be >= 2 (round 1 is the warm-up)")
+    if args.train_steps < 0:
+        parser.error("--train-steps must be >= 0")
+
+    from bench._local_training import BATCH_SIZE, SEQ_LEN
 
     payload = lora_payload(args.backbone, args.num_labels, args.seed)
+    mode = mode_name(args.train_steps)
     print(f"payload: {sum(v.size for v in payload.values()):,} params; variants "
-          f"{args.variants}; n = {args.clients}", file=sys.stderr)
+          f"{args.variants}; n = {args.clients}; mode {mode}", file=sys.stderr)
     runs = measure(payload, args.clients, args.rounds, args.variants,
-                   ClientSpec(seed=args.seed, scale=args.scale))
-    report: dict[str, Any] = {
-        "benchmark": SECTION, "machine": _common.machine_info(),
+                   ClientSpec(seed=args.seed, scale=args.scale,
+                              train_steps=args.train_steps, backbone=args.backbone,
+                              num_labels=args.num_labels))
+    entry: dict[str, Any] = {
+        "machine": _common.machine_info(),
         "config": {"backbone": args.backbone, "num_labels": args.num_labels,
                    "method": "lora", "lora_r": 8, "lora_alpha": 16.0, "seed": args.seed,
                    "params": int(sum(v.size for v in payload.values())),
@@ -380,9 +524,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                  payload.values())),
                    "clients": args.clients, "rounds": args.rounds, "scale": args.scale,
                    "weights": "100 + client index", "baseline": BASELINE,
+                   "baselines": list(BASELINES), "mode": mode,
+                   "train_steps": args.train_steps, "train_batch": BATCH_SIZE,
+                   "train_seq_len": SEQ_LEN,
+                   "train_data": "random token ids (fixed per client), random labels; "
+                                 "trained values discarded",
                    "engine": "flwr.simulation.run_simulation (ray), 1 CPU per client"},
         "runs": runs,
     }
+    previous = None
+    if args.out.exists():
+        try:
+            previous = json.loads(args.out.read_text())
+        except json.JSONDecodeError:
+            print(f"warning: {args.out} is not valid JSON; starting afresh", file=sys.stderr)
+    report = merge_report(previous, mode, entry)
     _common.write_json(args.out, report)
     markdown = render_markdown(report)
     if not args.no_readme:

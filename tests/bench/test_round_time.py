@@ -1,5 +1,6 @@
-"""``bench/round_time.py``: both Flower legacy variants through the real simulation
-engine on a tiny payload (3 clients, 2 rounds), aggregate checks, JSON, registry."""
+"""``bench/round_time.py``: the Flower legacy variants and securefed's own (Message API)
+through the real simulation engine on a tiny payload (3 clients, 2 rounds, no
+training), aggregate checks, JSON modes, registry."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ PAYLOAD = {
     "head.bias": np.full(5, 0.25, dtype=np.float32),
 }
 VARIANTS = ("flower-plaintext", "flower-secagg+")
+SECUREFED = ("securefed-plaintext", "securefed-secagg")
 
 
 def _own_ray_processes() -> list[str]:
@@ -37,10 +39,9 @@ def _own_ray_processes() -> list[str]:
     return sorted(found)
 
 
-@pytest.fixture(scope="module")
-def runs() -> list[dict[str, Any]]:
+def _measure_and_check_ray(variants: tuple[str, ...]) -> list[dict[str, Any]]:
     assert _own_ray_processes() == []
-    result = round_time.measure(PAYLOAD, [3], 2, VARIANTS)
+    result = round_time.measure(PAYLOAD, [3], 2, variants)
     left = _own_ray_processes()
     for _ in range(20):  # Ray's shutdown returns before its last process exits
         if not left:
@@ -49,6 +50,16 @@ def runs() -> list[dict[str, Any]]:
         left = _own_ray_processes()
     assert left == [], f"Ray processes left behind: {left}"
     return result
+
+
+@pytest.fixture(scope="module")
+def runs() -> list[dict[str, Any]]:
+    return _measure_and_check_ray(VARIANTS)
+
+
+@pytest.fixture(scope="module")
+def securefed_runs() -> list[dict[str, Any]]:
+    return _measure_and_check_ray(SECUREFED)
 
 
 def test_client_spec_and_expected_mean() -> None:
@@ -83,7 +94,7 @@ def test_round_timer_writes_json(tmp_path: Path) -> None:
 
 def test_registry_rejects_duplicates() -> None:
     round_time._load_variants()
-    assert {*VARIANTS, "flower-secagg+plan"} <= set(round_time.VARIANTS)
+    assert {*VARIANTS, *SECUREFED, "flower-secagg+plan"} <= set(round_time.VARIANTS)
     with pytest.raises(ValueError, match="already registered"):
         round_time.register_variant("flower-plaintext")(_flower_legacy.flower_plaintext)
 
@@ -122,9 +133,78 @@ def test_report_renders_and_round_trips(runs: list[dict[str, Any]], tmp_path: Pa
     back = json.loads(path.read_text())
     assert {"benchmark", "machine", "config", "runs"} <= set(back)
     md = round_time.render_markdown(back)
-    assert "flower-secagg+ / flower-plaintext" in md
-    assert "| flower-secagg+ | 3 | 3 / 2 |" in md
+    assert "÷ flower-plaintext" in md and "÷ securefed-plaintext" in md
+    assert "| 3 | flower-secagg+ |" in md and "| 3 / 2 |" in md
+    assert "Protocol only (mode `protocol-only`)" in md
     readme = tmp_path / "README.md"
     readme.write_text("# Benchmarks\n")
     _common.update_readme_section("round_time", md, readme)
     assert "<!-- round_time:start -->" in readme.read_text()
+
+
+def test_securefed_variants_aggregate_correctly(
+        securefed_runs: list[dict[str, Any]]) -> None:
+    assert [r["variant"] for r in securefed_runs] == list(SECUREFED)
+    plain, secagg = securefed_runs
+    for r in securefed_runs:
+        assert r["num_clients"] == 3 and len(r["round_seconds"]) == 2
+        assert all(e is not None for e in r["round_errors"])
+        assert r["max_abs_error"] <= r["info"]["tolerance"]
+        assert r["info"]["api"] == "message"
+        assert r["ratio_to_baseline"] is None  # flower-plaintext did not run
+    assert plain["ratios"]["securefed-plaintext"] == 1.0
+    assert plain["max_abs_error"] < 1e-6
+    # quantised, so not bit-exact, but within the bound (~1e-8 step x 1000/303 x n)
+    assert 0 < secagg["max_abs_error"] <= secagg["info"]["tolerance"] < 1e-4
+    sa = secagg["info"]["securefed_secagg"]
+    assert (sa["degree"], sa["threshold"]) == (sa["plan_degree"], sa["plan_threshold"])
+    assert sa["clipping_range"] == 8.0 and sa["bits"] == 32 and sa["max_weight"] == 1000
+    assert secagg["ratios"]["securefed-plaintext"] > 0
+
+
+def test_timed_strategy_spans_train_only(tmp_path: Path) -> None:
+    """The timer starts in configure_train and stops when aggregate_train returns."""
+    from bench._securefed_variants import TimedStrategy
+    from strategies.records import payload_to_record
+
+    setup = round_time.RoundSetup(PAYLOAD, 3, 2, tmp_path / "t.json")
+    mean = payload_to_record(dict(zip(PAYLOAD, setup.expected(setup.initial_arrays()),
+                                      strict=True)))
+
+    class Inner:
+        def configure_train(self, *args: Any) -> list[Any]:
+            return []
+
+        def aggregate_train(self, rnd: int, replies: Any) -> tuple[Any, Any]:
+            time.sleep(0.05)
+            return mean, None
+
+    timer = setup.timer()
+    strategy = TimedStrategy(Inner(), setup, timer)  # type: ignore[arg-type]
+    strategy.configure_train(1, payload_to_record(PAYLOAD), None, None)  # type: ignore[arg-type]
+    strategy.aggregate_train(1, [])
+    assert timer.seconds[1] >= 0.05
+    assert timer.errors[1] < 1e-6
+
+
+def test_client_spec_work_is_a_no_op_without_training() -> None:
+    spec = round_time.ClientSpec()
+    assert spec.train_steps == 0
+    spec.work(0, list(PAYLOAD.values()))  # must not import torch models
+
+
+def test_report_modes_merge(runs: list[dict[str, Any]]) -> None:
+    machine = _common.machine_info()
+    cfg = {"backbone": "tiny", "num_labels": 5, "lora_r": 8, "lora_alpha": 16.0,
+           "params": 29, "tensors": 2, "rounds": 2, "scale": 0.01}
+    legacy = {"benchmark": "round_time", "machine": machine, "config": cfg, "runs": runs}
+    trained = {"machine": machine, "config": {**cfg, "train_steps": 4}, "runs": runs}
+    report = round_time.merge_report(legacy, round_time.mode_name(4), trained)
+    assert set(report["modes"]) == {"protocol-only", "train-4-steps"}
+    assert report["runs"] == runs and report["config"] == cfg  # top level: protocol-only
+    again = round_time.merge_report(report, "protocol-only",
+                                    {"machine": machine, "config": cfg, "runs": runs[:1]})
+    assert set(again["modes"]) == {"protocol-only", "train-4-steps"}
+    assert again["runs"] == runs[:1]
+    md = round_time.render_markdown(again)
+    assert md.index("Protocol only") < md.index("--train-steps 4")
