@@ -110,7 +110,7 @@ class HomomorphicAggregation(SumOnlyAggregation):
         self._transport_public = b""
         self._delivered: set[int] = set()
         self._nodes: list[int] = []
-        self.config_for(2, 1)
+        self.config_for(int(getattr(inner, "clients_per_round", 2)), 1)
 
     def config_for(self, num_clients: int, vector_length: int) -> CKKSConfig:
         """Check that ``num_clients`` updates in ``[-c, c]`` cannot wrap; return the config.

@@ -2,14 +2,19 @@
 
 The server side of SecAgg+ (Bell et al. 2020, arXiv:2009.05807, on Bonawitz et al. 2017)
 driven through any :class:`flwr.serverapp.Grid` (simulation engine, SuperLink, in-process
-grid). One training round is five exchanges with the sampled nodes::
+grid). One training round is four exchanges with the sampled nodes, in the order of
+Flower's own SecAgg+ workflow::
 
-    setup          train message + SecAgg+ config   -> client trains, keeps its masked
-                                                       input secret, replies AdvertiseKeys
+    setup          SecAgg+ config                   -> AdvertiseKeys (two X25519 keys)
     share-keys     KeysBroadcast                    -> ShareKeys (encrypted Shamir shares)
-    masked-input   ShareBundle                      -> MaskedInput (the only payload sent)
+    masked-input   train message + ShareBundle      -> client trains, then masks its
+                                                       update: MaskedInput (+ metrics)
     unmask         UnmaskRequest                    -> UnmaskResponse
     (server)       SecAggServer.finish()            -> sum of the survivors' inputs
+
+Training happens in the masked-input stage, so between stages a client keeps only
+small secrets (keys, seed, shares) in its ``context.state``, never its update; the key
+stages are short and the global payload goes only to nodes that completed them.
 
 What a client masks is its **update** ``x - g`` (new payload minus the global payload it
 was sent), scaled by ``w / max_weight`` with its integer weight ``w`` (number of
@@ -18,7 +23,7 @@ server so learns ``sum_i w_i (x_i - g) / max_weight`` and ``sum_i w_i`` and noth
 about any single client. The inner strategy turns that into the FedAvg step
 (``AdapterFedAvg.aggregate_from_sum``). Protocol state machines and the quantisation are
 those of :mod:`securefed.secagg`; the client side is
-:func:`securefed.app.secure_mods.secagg_mod`.
+:func:`securefed.app.secagg_mod.secagg_mod`.
 
 Dropouts: a node that does not answer a stage (timeout, dead SuperNode, error reply,
 malformed message) is out from that stage on; the server reconstructs what it needs
@@ -74,6 +79,8 @@ class SecureAggregation(SumOnlyAggregation):
         Samples the clients and applies the FedAvg step to the unmasked sum.
     method, exact_under_sum, allow_inexact, stage_timeout
         See :class:`~strategies.sum_only.SumOnlyAggregation`.
+    train_timeout : float
+        Seconds to wait in the masked-input stage, which includes local training.
     clipping_range : float
         ``c``: every coordinate of a client's update must lie in ``[-c, c]``.
     bits : int
@@ -104,9 +111,14 @@ class SecureAggregation(SumOnlyAggregation):
         on_overflow: Literal["error", "clip"] = "error",
         allow_inexact: bool = False,
         stage_timeout: float = 120.0,
+        train_timeout: float = 3600.0,
     ) -> None:
         super().__init__(inner, method=method, exact_under_sum=exact_under_sum,
                          allow_inexact=allow_inexact, stage_timeout=stage_timeout)
+        if train_timeout <= 0:
+            raise ConfigError(f"train_timeout must be > 0, got {train_timeout}")
+        self.train_timeout = train_timeout
+        self._train: dict[int, RecordDict] = {}
         if max_weight < 1:
             raise ConfigError(f"max_weight must be >= 1, got {max_weight}")
         self.clipping_range = clipping_range
@@ -118,7 +130,8 @@ class SecureAggregation(SumOnlyAggregation):
         self._config: SecAggConfig | None = None
         self._server: SecAggServer | None = None
         self._ids: dict[int, int] = {}
-        self.config_for(2, 1)  # fail now, not in round 1, on an invalid combination
+        # fail now, not in round 1, on an invalid combination
+        self.config_for(int(getattr(inner, "clients_per_round", 2)), 1)
 
     def config_for(self, num_clients: int, vector_length: int,
                    round_id: int = 0) -> SecAggConfig:
@@ -131,7 +144,11 @@ class SecureAggregation(SumOnlyAggregation):
     # ----------------------------------------------------------------- setup
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """Sample through the inner strategy; attach each client's SecAgg+ setup."""
+        """Sample through the inner strategy; send each sampled node its SecAgg+ setup.
+
+        The inner strategy's train messages (global payload and config) are kept and
+        sent in the masked-input stage.
+        """
         self._grid = grid
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         length = int(sum(np.size(v) for v in self.inner.global_payload.values()))
@@ -139,13 +156,14 @@ class SecureAggregation(SumOnlyAggregation):
         self._config = cfg
         self._ids = {int(m.metadata.dst_node_id): i + 1 for i, m in enumerate(messages)}
         self._server = SecAggServer(cfg, list(self._ids.values()))
+        self._train = {int(m.metadata.dst_node_id): m.content for m in messages}
         out = []
         for msg in messages:
             node = int(msg.metadata.dst_node_id)
             record = ConfigRecord({"protocol": "secagg+", "stage": "setup",
                                    "client-id": self._ids[node], **config_to_dict(cfg)})
-            content = RecordDict({**msg.content, PROTOCOL_RECORD: record})
-            out.append(Message(content=content, message_type=msg.metadata.message_type,
+            out.append(Message(content=RecordDict({PROTOCOL_RECORD: record}),
+                               message_type=msg.metadata.message_type,
                                dst_node_id=node, group_id=msg.metadata.group_id))
         return out
 
@@ -189,17 +207,19 @@ class SecureAggregation(SumOnlyAggregation):
               "clipping_range": self._config.quantization.clipping_range})
 
     def _stage(self, server_round: int, stage: str, outgoing: dict[int, Any],
-               bytes_up: dict[int, int]) -> None:
+               bytes_up: dict[int, int]) -> list[Message]:
         node_of = {cid: node for node, cid in self._ids.items()}
-        contents = {
-            node_of[cid]: RecordDict({PROTOCOL_RECORD: ConfigRecord(
-                {"protocol": "secagg+", "stage": STAGE_NAMES[stage],
-                 "round-id": server_round,
-                 **encode_message(message)})})
-            for cid, message in outgoing.items()
-        }
-        replies = self._send(server_round, contents, STAGE_NAMES[stage])
-        self._collect(stage, replies, bytes_up)
+        training = stage == MASKED_INPUT
+        contents = {}
+        for cid, message in outgoing.items():
+            node = node_of[cid]
+            record = ConfigRecord({"protocol": "secagg+", "stage": STAGE_NAMES[stage],
+                                   "round-id": server_round, **encode_message(message)})
+            base = dict(self._train[node]) if training else {}
+            contents[node] = RecordDict({**base, PROTOCOL_RECORD: record})
+        replies = self._send(server_round, contents, STAGE_NAMES[stage],
+                             timeout=self.train_timeout if training else None)
+        return self._collect(stage, replies, bytes_up)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None,
@@ -220,12 +240,13 @@ class SecureAggregation(SumOnlyAggregation):
         by_node = {int(m.metadata.src_node_id): m for m in replies}
         for node in set(self._ids) - set(by_node):
             self._reject(node, "setup: no reply before the round timeout")
-        advertised = self._collect(ADVERTISE_KEYS, {n: m for n, m in by_node.items()
-                                                    if n in self._ids}, bytes_up)
-        metrics = mean_metrics(advertised)
+        self._collect(ADVERTISE_KEYS, {n: m for n, m in by_node.items() if n in self._ids},
+                      bytes_up)
+        trained: list[Message] = []
         try:
             self._stage(server_round, SHARE_KEYS, server.broadcast_keys(), bytes_up)
-            self._stage(server_round, MASKED_INPUT, server.route_shares(), bytes_up)
+            trained = self._stage(server_round, MASKED_INPUT, server.route_shares(),
+                                  bytes_up)
             self._stage(server_round, UNMASK, server.request_unmask(), bytes_up)
             result = server.finish()
         except SecAggError as exc:
@@ -238,6 +259,7 @@ class SecureAggregation(SumOnlyAggregation):
                                    f"{exc}. Rejected: {reasons or 'none'}") from None
         finally:
             self._server = None
+            self._train = {}
         node_of = {cid: node for node, cid in self._ids.items()}
         contributors = [node_of[cid] for cid in result.survivors]
         assert result.weight_sum is not None
@@ -252,11 +274,12 @@ class SecureAggregation(SumOnlyAggregation):
             secagg_degree=cfg.graph.degree,
             secagg_threshold=cfg.graph.threshold,
             secagg_bits=cfg.bits,
-            secagg_clipped=_clipped(advertised),
+            secagg_clipped=_clipped(trained),
             exactness=str(self.exactness),
         )
         return self.inner.aggregate_from_sum(server_round, update_sum,
-                                             float(result.weight_sum), contributors, metrics)
+                                             float(result.weight_sum), contributors,
+                                             mean_metrics(trained))
 
 
 def _clipped(replies: list[Message]) -> int:

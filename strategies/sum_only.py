@@ -151,13 +151,14 @@ class SumOnlyAggregation(Strategy):
 
     # ------------------------------------------------------------- messaging
     def _send(self, server_round: int, contents: Mapping[int, RecordDict],
-              stage: str) -> dict[int, Message]:
-        """Send one protocol stage; return ``{node: reply}`` of the nodes that replied."""
+              stage: str, timeout: float | None = None) -> dict[int, Message]:
+        """Send one protocol stage; return ``{node: reply}`` of the nodes that replied
+        within ``timeout`` (default ``stage_timeout``)."""
         if self._grid is None:
             raise AggregationError("protocol stage before configure_train")
         msgs = [Message(content=c, message_type=MessageType.TRAIN, dst_node_id=node,
                         group_id=str(server_round)) for node, c in contents.items()]
-        replies = self._grid.send_and_receive(msgs, timeout=self.stage_timeout)
+        replies = self._grid.send_and_receive(msgs, timeout=timeout or self.stage_timeout)
         out: dict[int, Message] = {}
         for reply in replies:
             node = int(reply.metadata.src_node_id)

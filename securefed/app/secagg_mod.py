@@ -4,16 +4,16 @@
 of :class:`strategies.secure_aggregation.SecureAggregation` and passes every other
 message through unchanged, so it can sit on the ClientApp permanently::
 
-    setup         call_next (train) -> update x - g, checked against [-c, c],
-                  scaled by w / max_weight -> kept in context.state -> AdvertiseKeys
+    setup         SecAgg+ config -> AdvertiseKeys
     share-keys    KeysBroadcast  -> ShareKeys
-    masked-input  ShareBundle    -> MaskedInput        (the only payload that leaves)
+    masked-input  train message + ShareBundle -> call_next (train) -> update x - g,
+                  checked against [-c, c], scaled by w / max_weight, quantised and
+                  masked -> MaskedInput + metrics   (the only payload that leaves)
     unmask        UnmaskRequest  -> UnmaskResponse     (state cleared)
 
 Between stages the client's secrets (private keys, self-mask seed, received shares)
-and its scaled update live only in ``context.state``, which the SuperNode keeps in
-its own memory; the reply to the setup message carries no tensor, and the plaintext
-metrics lose ``num-examples`` (the weight travels masked).
+live only in ``context.state``, which the SuperNode keeps in its own memory; the
+plaintext metrics lose ``num-examples`` (the weight travels masked).
 
 Mod order: mods listed after this one in ``ClientApp(mods=[...])`` run *inside* it, so
 a clipping mod placed after ``secagg_mod`` clips the update before it is masked (see
@@ -30,8 +30,6 @@ from typing import Any
 
 import numpy as np
 from flwr.app import (
-    Array,
-    ArrayRecord,
     ConfigRecord,
     Context,
     Error,
@@ -57,7 +55,6 @@ __all__ = ["STATE_KEY", "secagg_mod", "update_vector"]
 log = logging.getLogger(__name__)
 
 STATE_KEY = "securefed.secagg"
-INPUT_KEY = "securefed.secagg.input"
 ERROR_CODE = 3701  # application-defined Error code of a refused SecAgg+ step
 
 CallNext = Callable[[Message, Context], Message]
@@ -105,25 +102,22 @@ def _state(context: Context) -> ConfigRecord:
     return record
 
 
-def _client(context: Context, round_id: Any) -> tuple[SecAggClient, SecAggConfig, ConfigRecord]:
+def _client(context: Context, round_id: Any) -> tuple[SecAggClient, SecAggConfig]:
     state = _state(context)
     config = config_from_dict(_config_fields(state))
     if round_id != config.round_id:
         raise ProtocolError(f"stage message for round {round_id!r}; this client is in "
                             f"round {config.round_id}")
-    client = SecAggClient.from_state_dict(dict(state), config, _secure_rng())
-    return client, config, state
+    return SecAggClient.from_state_dict(dict(state), config, _secure_rng()), config
 
 
 def _config_fields(state: ConfigRecord) -> dict[str, Any]:
     return {k[len("config."):]: v for k, v in state.items() if k.startswith("config.")}
 
 
-def _save(context: Context, client: SecAggClient, config: SecAggConfig,
-          extra: Mapping[str, Any]) -> None:
+def _save(context: Context, client: SecAggClient, config: SecAggConfig) -> None:
     record: dict[str, Any] = dict(client.state_dict())
     record.update({f"config.{k}": v for k, v in config_to_dict(config).items()})
-    record.update(extra)
     context.state.config_records[STATE_KEY] = ConfigRecord(record)
 
 
@@ -140,63 +134,51 @@ def _setup(msg: Message, context: Context, call_next: CallNext) -> Message:
     client_id = record.get("client-id")
     if isinstance(client_id, bool) or not isinstance(client_id, int):
         raise ProtocolError(f"setup lacks an int 'client-id', got {client_id!r}")
-    context.state.config_records.pop(STATE_KEY, None)
-    context.state.array_records.pop(INPUT_KEY, None)
+    client = SecAggClient(client_id, config, _secure_rng())
+    advertise = client.advertise_keys()
+    _save(context, client, config)
+    return _reply(msg, advertise)
+
+
+def _share_keys(msg: Message, context: Context, call_next: CallNext) -> Message:
+    record = msg.content.config_records[PROTOCOL_RECORD]
+    client, config = _client(context, record.get("round-id"))
+    out = client.share_keys(decode_message(record, "keys-broadcast"))
+    _save(context, client, config)
+    return _reply(msg, out)
+
+
+def _masked_input(msg: Message, context: Context, call_next: CallNext) -> Message:
+    """Train (``call_next``), then quantise and mask the weight-scaled update."""
+    record = msg.content.config_records[PROTOCOL_RECORD]
+    client, config = _client(context, record.get("round-id"))
+    bundle = decode_message(record, "share-bundle")
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
     metrics = reply.content.metric_records.get("metrics")
     weight = None if metrics is None else metrics.get("num-examples")
-    max_w = config.quantization.max_weight
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= max_w:
-        raise PayloadError(f"'num-examples' must be an int in [1, max_weight={max_w}], got "
-                           f"{weight!r}; raise [secure] max_weight for larger clients")
     q = config.quantization
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= q.max_weight:
+        raise PayloadError(f"'num-examples' must be an int in [1, max_weight={q.max_weight}], "
+                           f"got {weight!r}; raise [secure] max_weight for larger clients")
     delta, clipped, largest = update_vector(read_payload(msg.content),
                                             read_payload(reply.content),
                                             q.clipping_range, q.on_overflow)
     if delta.size != config.vector_length:
         raise PayloadError(f"update has {delta.size} values, the round expects "
                            f"{config.vector_length}")
-    client = SecAggClient(client_id, config, _secure_rng())
-    advertise = client.advertise_keys()
-    _save(context, client, config, {"weight": weight})
-    context.state.array_records[INPUT_KEY] = ArrayRecord(
-        {"x": _array(delta * (weight / max_w))})
+    x = delta * (weight / q.max_weight)
+    out = client.masked_input(bundle, x, weight if config.has_weight else None)
+    _save(context, client, config)
     plain = {k: v for k, v in (metrics or {}).items() if k != "num-examples"}
     plain.update({"secure-clipped": clipped, "secure-max-abs-update": largest})
-    return _reply(msg, advertise, MetricRecord(plain))
-
-
-def _array(values: np.ndarray) -> Array:
-    return Array(np.ascontiguousarray(values, dtype=np.float64))
-
-
-def _share_keys(msg: Message, context: Context, call_next: CallNext) -> Message:
-    record = msg.content.config_records[PROTOCOL_RECORD]
-    client, config, state = _client(context, record.get("round-id"))
-    out = client.share_keys(decode_message(record, "keys-broadcast"))
-    _save(context, client, config, {"weight": state["weight"]})
-    return _reply(msg, out)
-
-
-def _masked_input(msg: Message, context: Context, call_next: CallNext) -> Message:
-    record = msg.content.config_records[PROTOCOL_RECORD]
-    client, config, state = _client(context, record.get("round-id"))
-    stored = context.state.array_records.get(INPUT_KEY)
-    if stored is None:
-        raise ProtocolError("the scaled update of this round is missing from the state")
-    x = stored["x"].numpy()
-    weight = int(state["weight"]) if config.has_weight else None  # type: ignore[arg-type]
-    out = client.masked_input(decode_message(record, "share-bundle"), x, weight)
-    _save(context, client, config, {"weight": state["weight"]})
-    context.state.array_records.pop(INPUT_KEY, None)
-    return _reply(msg, out)
+    return _reply(msg, out, MetricRecord(plain))
 
 
 def _unmask(msg: Message, context: Context, call_next: CallNext) -> Message:
     record = msg.content.config_records[PROTOCOL_RECORD]
-    client, _, _ = _client(context, record.get("round-id"))
+    client, _ = _client(context, record.get("round-id"))
     out = client.unmask(decode_message(record, "unmask-request"))
     context.state.config_records.pop(STATE_KEY, None)
     return _reply(msg, out)

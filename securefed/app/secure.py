@@ -49,6 +49,7 @@ def _secagg(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod
         max_weight=s.max_weight,
         on_overflow=s.on_overflow,  # type: ignore[arg-type]
         stage_timeout=s.stage_timeout_s,
+        train_timeout=config.federation.round_timeout_s,
     )
 
 
