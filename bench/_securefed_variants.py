@@ -5,8 +5,8 @@ Both run on Flower's **Message API** (``flwr.serverapp.ServerApp`` + ``Strategy.
 
 * ``securefed-plaintext``: :class:`strategies.adapter_fedavg.AdapterFedAvg` alone;
 * ``securefed-secagg``: the same inside :class:`strategies.secure_aggregation.
-  SecureAggregation` (SecAgg+; setup with the train message, then share-keys,
-  masked-input and unmask exchanges) and ``secagg_mod`` on the client. Clipping range
+  SecureAggregation` (SecAgg+; setup, share-keys, masked-input with the train message,
+  and unmask exchanges) and ``secagg_mod`` on the client. Clipping range
   8 and max weight 1000 (Flower's defaults, like for like with ``flower-secagg+``),
   32-bit modulus, degree and threshold of ``securefed secagg plan`` (dropout 0).
 
@@ -183,17 +183,14 @@ def securefed_secagg(setup: RoundSetup) -> tuple[ServerApp, ClientApp]:
     p = plan(n, length, 0.0, clipping_range=SECAGG_SETTINGS["clipping_range"])
 
     def build() -> SecureAggregation:
-        # degree/threshold None = automatic, which is plan()'s choice at dropout 0
-        # (checked below). Passing plan's k explicitly is refused for any k >= 2: the
-        # constructor probes config_for(2, 1), a 2-client graph.
         return SecureAggregation(_inner(setup), method="lora", exact_under_sum=False,
-                                 allow_inexact=True, degree=None, threshold=None,
+                                 allow_inexact=True, degree=p.degree, threshold=p.threshold,
                                  **SECAGG_SETTINGS)
 
     probe = build()
     cfg = probe.config_for(n, length)
     if (cfg.graph.degree, cfg.graph.threshold) != (p.degree, p.threshold):
-        raise AssertionError(f"automatic k, t = {cfg.graph.degree}, {cfg.graph.threshold}"
+        raise AssertionError(f"k, t = {cfg.graph.degree}, {cfg.graph.threshold}"
                              f" differ from plan's {p.degree}, {p.threshold}")
     largest = max(setup.weight(i) for i in range(n))
     if largest > probe.max_weight:

@@ -438,7 +438,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "The simulation engine polls: the grid pulls replies every 0.1 s and the engine "
         "picks up new messages every 0.1 s, so every server→clients exchange costs at "
         "least ~0.1 s whatever the work; plaintext makes 1 exchange a round, SecAgg+ 4 "
-        "(securefed's: setup with the train message, share-keys, masked-input, unmask). "
+        "(securefed's: setup, share-keys, masked-input with the train message, unmask). "
         "In protocol-only mode that floor, not cryptography, dominates, so SecAgg+ "
         "cannot be within 1.25x of a 1-exchange plaintext round there; the training "
         "mode shows the ratio for a round whose clients do real work. Ray runs its "
