@@ -174,24 +174,18 @@ def secagg_error_bound(setup: RoundSetup, wrapper: SecureAggregation) -> float:
             + setup.plain_tolerance())
 
 
-@register_variant("securefed-secagg")
-def securefed_secagg(setup: RoundSetup) -> tuple[ServerApp, ClientApp]:
-    """``SecureAggregation(AdapterFedAvg)``: SecAgg+ with :data:`SECAGG_SETTINGS` and
-    the degree/threshold of ``securefed secagg plan`` (dropout 0)."""
+def _secagg_variant(setup: RoundSetup, degree: int, threshold: int,
+                    label: str) -> tuple[ServerApp, ClientApp]:
     n = setup.num_clients
     length = sum(int(np.size(v)) for v in setup.payload.values())
-    p = plan(n, length, 0.0, clipping_range=SECAGG_SETTINGS["clipping_range"])
 
     def build() -> SecureAggregation:
         return SecureAggregation(_inner(setup), method="lora", exact_under_sum=False,
-                                 allow_inexact=True, degree=p.degree, threshold=p.threshold,
+                                 allow_inexact=True, degree=degree, threshold=threshold,
                                  **SECAGG_SETTINGS)
 
     probe = build()
     cfg = probe.config_for(n, length)
-    if (cfg.graph.degree, cfg.graph.threshold) != (p.degree, p.threshold):
-        raise AssertionError(f"k, t = {cfg.graph.degree}, {cfg.graph.threshold}"
-                             f" differ from plan's {p.degree}, {p.threshold}")
     largest = max(setup.weight(i) for i in range(n))
     if largest > probe.max_weight:
         raise ValueError(f"client weight {largest} exceeds max_weight {probe.max_weight}")
@@ -199,9 +193,25 @@ def securefed_secagg(setup: RoundSetup) -> tuple[ServerApp, ClientApp]:
         raise ValueError("client updates would leave the clipping range")
     info = {"api": "message", "strategy": "SecureAggregation(AdapterFedAvg)",
             "securefed_secagg": {**SECAGG_SETTINGS, "degree": cfg.graph.degree,
-                                 "threshold": cfg.graph.threshold,
+                                 "threshold": cfg.graph.threshold, "choice": label,
                                  "q_max": cfg.quantization.grid_max,
-                                 "step": cfg.quantization.step,
-                                 "plan_degree": p.degree, "plan_threshold": p.threshold},
+                                 "step": cfg.quantization.step},
             "tolerance": secagg_error_bound(setup, probe)}
     return _server_app(setup, build, info), securefed_client_app(setup.client)
+
+
+@register_variant("securefed-secagg")
+def securefed_secagg(setup: RoundSetup) -> tuple[ServerApp, ClientApp]:
+    """``SecureAggregation(AdapterFedAvg)``: SecAgg+ with :data:`SECAGG_SETTINGS` and
+    the degree/threshold of ``securefed secagg plan`` (dropout 0)."""
+    n = setup.num_clients
+    length = sum(int(np.size(v)) for v in setup.payload.values())
+    p = plan(n, length, 0.0, clipping_range=SECAGG_SETTINGS["clipping_range"])
+    return _secagg_variant(setup, p.degree, p.threshold, "plan")
+
+
+@register_variant("securefed-secagg-k2")
+def securefed_secagg_k2(setup: RoundSetup) -> tuple[ServerApp, ClientApp]:
+    """Like ``securefed-secagg`` with 2 neighbours and threshold 2: the neighbourhood of
+    ``flower-secagg+`` (3 shares including the client's own, threshold 2)."""
+    return _secagg_variant(setup, 2, 2, "k2")

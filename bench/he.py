@@ -178,7 +178,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "primes under 64 bits. Addition never rescales, so a single data prime is "
         "enough for aggregation. What a smaller data prime costs is headroom: the "
         "aggregate must stay below 2^(data bits − scale bits − 1) in absolute value "
-        "(2^19 for `(60, 40)`, 2^9 for `(50, 40)` at scale 2^40). Precision follows the "
+        "(2^19 for `(60, 40)`, 2^9 for `(50, 40)` at scale 2^40; 2^9 for the default "
+        "`(60, 40)` at scale 2^50, which `HomomorphicAggregation` checks against "
+        "clients × clipping range). Precision follows the "
         "scale: 2^21 gives ~1e-2, far from 1e-6. Every vector is padded to whole "
         "ciphertexts of N/2 slots.",
         "",

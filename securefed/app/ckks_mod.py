@@ -18,14 +18,14 @@ Secrets (the CKKS secret context, the X25519 transport key) live only in this no
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from securefed.app.protocol_mod import CallNext, StageHandler, dispatch
 from securefed.app.secagg_mod import update_vector
-from securefed.exceptions import ConfigError, PayloadError, PrivacyError, SecurefedError
+from securefed.exceptions import PayloadError, PrivacyError
 from securefed.he import CKKSConfig, decrypt_sum, encrypt_vector, generate_keys, load_context
 from securefed.secagg.crypto import (
     KEY_TRANSPORT_LABEL,
@@ -47,7 +47,6 @@ STATE_KEY = "securefed.ckks"
 ERROR_CODE = 3702
 _WRAP_STAGE = "ckks-key-transport"
 
-CallNext = Callable[[Message, Context], Message]
 
 
 def _state(context: Context) -> dict[str, Any]:
@@ -174,7 +173,7 @@ def _decrypt(msg: Message, context: Context, call_next: CallNext) -> Message:
     return _reply(msg, {"sum": np.ascontiguousarray(values, dtype="<f8").tobytes()})
 
 
-STAGES: dict[str, Callable[[Message, Context, CallNext], Message]] = {
+STAGES: dict[str, StageHandler] = {
     "enroll": _enroll, "keygen": _keygen, "setup": _setup, "decrypt": _decrypt,
 }
 """Client handler of each CKKS stage, by the wire name the server sends."""
@@ -182,16 +181,5 @@ STAGES: dict[str, Callable[[Message, Context, CallNext], Message]] = {
 
 def ckks_mod(msg: Message, context: Context, call_next: CallNext) -> Message:
     """Flower mod: this node's part of CKKS aggregation; other messages pass through."""
-    record = msg.content.config_records.get(PROTOCOL_RECORD) if msg.has_content() else None
-    if record is None or record.get("protocol") != "ckks":
-        return call_next(msg, context)
-    stage = record.get("stage")
-    handler = STAGES.get(stage) if isinstance(stage, str) else None
-    try:
-        if handler is None:
-            raise ProtocolError(f"unknown CKKS stage {stage!r}; known: {sorted(STAGES)}")
-        return handler(msg, context, call_next)
-    except (SecurefedError, ConfigError) as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        log.warning("CKKS %s refused: %s", stage, reason)
-        return Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)
+    return dispatch(msg, context, call_next, protocol="ckks", stages=STAGES,
+                    error_code=ERROR_CODE)

@@ -25,20 +25,20 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from flwr.app import (
     ConfigRecord,
     Context,
-    Error,
     Message,
     MetricRecord,
     RecordDict,
 )
 
-from securefed.exceptions import PayloadError, PrivacyError, SecurefedError
+from securefed.app.protocol_mod import CallNext, StageHandler, dispatch
+from securefed.exceptions import PayloadError, PrivacyError
 from securefed.secagg import SecAggClient, SecAggConfig, flatten_payload
 from securefed.secagg.errors import ProtocolError
 from securefed.secagg.serial import (
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 STATE_KEY = "securefed.secagg"
 ERROR_CODE = 3701  # application-defined Error code of a refused SecAgg+ step
 
-CallNext = Callable[[Message, Context], Message]
 
 
 def _secure_rng() -> np.random.Generator:
@@ -184,7 +183,7 @@ def _unmask(msg: Message, context: Context, call_next: CallNext) -> Message:
     return _reply(msg, out)
 
 
-STAGES: dict[str, Callable[[Message, Context, CallNext], Message]] = {
+STAGES: dict[str, StageHandler] = {
     "setup": _setup,
     "share-keys": _share_keys,
     "masked-input": _masked_input,
@@ -193,20 +192,12 @@ STAGES: dict[str, Callable[[Message, Context, CallNext], Message]] = {
 """Client handler of each SecAgg+ stage, by the wire name the server sends."""
 
 
+def _forget(stage: str, context: Context) -> None:
+    if stage != "setup":
+        context.state.config_records.pop(STATE_KEY, None)
+
+
 def secagg_mod(msg: Message, context: Context, call_next: CallNext) -> Message:
     """Flower mod: run this client's side of a SecAgg+ round; pass other messages on."""
-    record = msg.content.config_records.get(PROTOCOL_RECORD) if msg.has_content() else None
-    if record is None or record.get("protocol", "secagg+") != "secagg+":
-        return call_next(msg, context)
-    stage = record.get("stage")
-    handler = STAGES.get(stage) if isinstance(stage, str) else None
-    try:
-        if handler is None:
-            raise ProtocolError(f"unknown SecAgg+ stage {stage!r}; known: {sorted(STAGES)}")
-        return handler(msg, context, call_next)
-    except SecurefedError as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        log.warning("SecAgg+ %s refused: %s", stage, reason)
-        if stage != "setup":
-            context.state.config_records.pop(STATE_KEY, None)
-        return Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)
+    return dispatch(msg, context, call_next, protocol="secagg+", stages=STAGES,
+                    error_code=ERROR_CODE, on_error=_forget)

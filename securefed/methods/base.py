@@ -38,6 +38,7 @@ __all__ = [
     "ModalityBackend",
     "TuningMethod",
     "backend_for",
+    "check_payload",
     "require_positive_int",
 ]
 
@@ -145,6 +146,37 @@ def backend_for(
         ) from None
 
 
+
+def check_payload(method: str, payload: Mapping[str, np.ndarray],
+                  shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Validate a payload against the expected keys and shapes; return it as arrays.
+
+    Raises
+    ------
+    PayloadError
+        On a missing or unexpected key, a wrong shape, a non-numeric dtype or a
+        non-finite value; the message names ``method`` and the key.
+    """
+    missing = sorted(set(shapes) - set(payload))
+    extra = sorted(set(payload) - set(shapes))
+    if missing:
+        raise PayloadError(f"{method}: payload lacks key(s) {missing}")
+    if extra:
+        raise PayloadError(f"{method}: payload has unexpected key(s) {extra}")
+    arrays: dict[str, np.ndarray] = {}
+    for key, shape in shapes.items():
+        array = np.asarray(payload[key])
+        if array.shape != tuple(shape):
+            raise PayloadError(
+                f"{method}: payload key {key!r} has shape {array.shape}, expected {tuple(shape)}"
+            )
+        if array.dtype.kind not in "fiu":
+            raise PayloadError(f"{method}: payload key {key!r} has non-numeric dtype {array.dtype}")
+        if not np.all(np.isfinite(array)):
+            raise PayloadError(f"{method}: payload key {key!r} has non-finite values")
+        arrays[key] = array
+    return arrays
+
 class TuningMethod(ABC):
     """A way of choosing, initialising and shipping the trainable part of a backbone.
 
@@ -238,27 +270,8 @@ class TuningMethod(ABC):
             non-finite value; the message names the key.
         """
         params = self._trainable(model)
-        missing = sorted(set(params) - set(payload))
-        extra = sorted(set(payload) - set(params))
-        if missing:
-            raise PayloadError(f"{self.name}: payload lacks key(s) {missing}")
-        if extra:
-            raise PayloadError(f"{self.name}: payload has unexpected key(s) {extra}")
-        arrays: dict[str, np.ndarray] = {}
-        for key, param in params.items():
-            array = np.asarray(payload[key])
-            if array.shape != tuple(param.shape):
-                raise PayloadError(
-                    f"{self.name}: payload key {key!r} has shape {array.shape}, "
-                    f"expected {tuple(param.shape)}"
-                )
-            if array.dtype.kind not in "fiu":
-                raise PayloadError(
-                    f"{self.name}: payload key {key!r} has non-numeric dtype {array.dtype}"
-                )
-            if not np.all(np.isfinite(array)):
-                raise PayloadError(f"{self.name}: payload key {key!r} has non-finite values")
-            arrays[key] = array
+        arrays = check_payload(self.name, payload,
+                               {k: tuple(p.shape) for k, p in params.items()})
         with torch.no_grad():
             for key, param in params.items():
                 param.copy_(torch.from_numpy(np.ascontiguousarray(arrays[key])).to(param))

@@ -50,6 +50,7 @@ from securefed.methods.base import (
     AggregationSemantics,
     ExportInfo,
     TuningMethod,
+    check_payload,
 )
 from securefed.methods.registry import METHODS, create_method
 from securefed.models.architecture import Architecture
@@ -246,26 +247,7 @@ class DenseFactorised(TuningMethod):
         layers, state = self._layers(model), self._state(model)
         others = self._others(model, layers)
         spec = self.payload_spec(model)
-        missing = sorted(set(spec) - set(payload))
-        extra = sorted(set(payload) - set(spec))
-        if missing:
-            raise PayloadError(f"{self.name}: payload lacks key(s) {missing}")
-        if extra:
-            raise PayloadError(f"{self.name}: payload has unexpected key(s) {extra}")
-        arrays: dict[str, np.ndarray] = {}
-        for key, (shape, _) in spec.items():
-            array = np.asarray(payload[key])
-            if array.shape != shape:
-                raise PayloadError(
-                    f"{self.name}: payload key {key!r} has shape {array.shape}, expected {shape}"
-                )
-            if array.dtype.kind not in "fiu":
-                raise PayloadError(
-                    f"{self.name}: payload key {key!r} has non-numeric dtype {array.dtype}"
-                )
-            if not np.all(np.isfinite(array)):
-                raise PayloadError(f"{self.name}: payload key {key!r} has non-finite values")
-            arrays[key] = array
+        arrays = check_payload(self.name, payload, {k: shape for k, (shape, _) in spec.items()})
         svd = getattr(self.inner, "init_lora_weights", True) == "pissa"
         with torch.no_grad():
             for path, layer in layers.items():

@@ -82,10 +82,10 @@ def _never(msg: Message, ctx: Context) -> Message:
 
 
 @pytest.mark.parametrize(("mod", "protocol", "stage", "match"), [
-    (secagg_mod, "secagg+", "teleport", "unknown SecAgg\\+ stage"),
+    (secagg_mod, "secagg+", "teleport", "unknown secagg\\+ stage"),
     (secagg_mod, "secagg+", "share-keys", "no SecAgg\\+ round in progress"),
     (secagg_mod, "secagg+", "unmask", "no SecAgg\\+ round in progress"),
-    (ckks_mod, "ckks", "teleport", "unknown CKKS stage"),
+    (ckks_mod, "ckks", "teleport", "unknown ckks stage"),
     (ckks_mod, "ckks", "decrypt", "holds no CKKS secret key"),
     (ckks_mod, "ckks", "setup", "context-sha256"),
 ])
