@@ -10,6 +10,7 @@ A config file has one table per concern::
     [train]        local_epochs, batch_size, lr, ...
     [capture]      round, client_index (save one client's reply for attack evaluation)
     [secure]       mode = none | secagg | ckks, clipping range, ... (securefed.config_secure)
+    [dp]           mode = none | sample (DP-SGD), epsilon, delta, budget (securefed.config_dp)
 
 Every table is a frozen dataclass validated in ``__post_init__``; an unknown key is a
 :class:`~securefed.exceptions.ConfigError` naming it and listing the valid keys, and a
@@ -30,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from securefed.config_dp import DPConfig
 from securefed.config_secure import SecureConfig
 from securefed.exceptions import ConfigError
 
 __all__ = [
     "CaptureConfig",
+    "DPConfig",
     "DataConfig",
     "ExperimentConfig",
     "FederationConfig",
@@ -219,6 +222,7 @@ _TABLES: dict[str, type] = {
     "train": TrainConfig,
     "capture": CaptureConfig,
     "secure": SecureConfig,
+    "dp": DPConfig,
 }
 
 C = TypeVar("C")
@@ -277,6 +281,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self) -> None:
         fed, data = self.federation, self.data

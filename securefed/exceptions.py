@@ -16,6 +16,7 @@ derive from :class:`ValueError` so that generic callers treat them as such.
     ├── AggregationError                    too few valid replies to aggregate a round
     ├── MethodError                         a tuning method cannot be applied here
     └── PrivacyError                        anything that would weaken privacy
+        └── PrivacyBudgetExhausted          a client's next round would exceed its budget
 
 Whatever weakens privacy is an error, never a warning (see ``DESIGN.md``).
 """
@@ -31,6 +32,7 @@ __all__ = [
     "MethodError",
     "OfflineError",
     "PayloadError",
+    "PrivacyBudgetExhausted",
     "PrivacyError",
     "RegistryError",
     "SecurefedError",
@@ -97,3 +99,10 @@ class MethodError(SecurefedError):
 
 class PrivacyError(SecurefedError):
     """An operation would weaken a privacy guarantee; it is refused."""
+
+
+class PrivacyBudgetExhausted(PrivacyError):
+    """Training one more round would take a client past its (epsilon, delta) budget.
+
+    The client refuses before it trains; the server excludes it and records why.
+    """

@@ -299,6 +299,7 @@ class AdapterFedAvg(FedAvg):
                             exc)
                 continue
             stats.accepted.append(node)
+            self.report_client_metrics(server_round, node, msg)
             if self.observer is not None:
                 position = stats.sampled.index(node) if node in stats.sampled else -1
                 self.observer.on_reply(server_round, position, node, payload, weight,
@@ -324,6 +325,12 @@ class AdapterFedAvg(FedAvg):
         stats.metrics = _metric_dict(metrics)
         self._finish(stats)
         return payload_to_record(mean), metrics
+
+    def report_client_metrics(self, server_round: int, node: int, msg: Message) -> None:
+        """Hand one accepted reply's metrics (the DP ledger fields) to the observer."""
+        hook = getattr(self.observer, "on_client_metrics", None)
+        if hook is not None:
+            hook(server_round, node, _metric_dict(msg.content.metric_records.get(METRICS_KEY)))
 
     # --------------------------------------------------- sum-only aggregation
     @property

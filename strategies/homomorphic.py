@@ -269,6 +269,7 @@ class HomomorphicAggregation(SumOnlyAggregation):
                 self._reject(node, f"setup: {exc}")
                 continue
             self._delivered.add(node)
+            self._client_metrics(node, msg)
             bytes_up[node] = serialized_nbytes(msg.content.config_records[PROTOCOL_RECORD])
             replied.append(msg)
         for node in set(self._nodes) - set(good) - set(stats.rejected if stats else {}):

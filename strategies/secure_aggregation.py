@@ -186,6 +186,7 @@ class SecureAggregation(SumOnlyAggregation):
                 self._server.receive(message)
                 if stage == MASKED_INPUT:
                     self._observe(node, message.vector)
+                    self._client_metrics(node, msg)
             except (PayloadError, SecAggError) as exc:
                 self._reject(node, f"{STAGE_NAMES[stage]}: {exc}")
                 continue

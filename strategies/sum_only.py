@@ -175,6 +175,13 @@ class SumOnlyAggregation(Strategy):
             stats.rejected[node] = reason
         log.warning("rejected node %d: %s", node, reason)
 
+    def _client_metrics(self, node: int, msg: Message) -> None:
+        """Pass one client's plaintext metrics (DP ledger fields) to the inner observer."""
+        stats = self.inner.current_stats
+        report = getattr(self.inner, "report_client_metrics", None)
+        if report is not None and stats is not None:
+            report(stats.server_round, node, msg)
+
     def _note(self, **extra: Any) -> None:
         stats = self.inner.current_stats
         if stats is not None:

@@ -224,7 +224,11 @@ def preflight(config: ExperimentConfig) -> None:
 
     check_secure(config, build_method(config))
     PARTITIONERS.get(config.data.partitioner)
-    resolve_backbone(config.model.backbone)
+    backbone = resolve_backbone(config.model.backbone)
+    if config.dp.enabled:
+        from securefed.app.private_training import check_dp_method
+
+        check_dp_method(config, backbone.architecture.modality)
     dataset_for(config.data, config.experiment.seed)
 
 

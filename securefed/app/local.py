@@ -9,6 +9,7 @@ decrypt) never touch the model, so they skip torch's start-up cost entirely.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,27 +49,18 @@ def handle_train(msg: Message, context: Context) -> Message:
     torch.manual_seed((config.experiment.seed * 1_000_003 + pid * 7919 + server_round)
                       % 2**63)
     started = time.perf_counter()
-    steps = 0
-    loss = acc = 0.0
-    for epoch in range(config.train.local_epochs):
-        res = train_local(
-            tm.model,
-            data.train_batches(config.train.batch_size,
-                               epoch=server_round * 1000 + epoch,
-                               seed=config.experiment.seed),
-            lr=config.train.lr,
-            weight_decay=config.train.weight_decay,
-            max_steps=config.train.max_steps,
-        )
-        steps += res.steps
-        loss, acc = res.loss, res.accuracy
-    metrics = MetricRecord({
-        "num-examples": len(data.train),
-        "train-loss": loss,
-        "train-accuracy": acc,
-        "train-steps": steps,
-        "train-seconds": time.perf_counter() - started,
-    })
+    if config.dp.enabled:
+        from securefed.app.private_training import run_private_round
+
+        private, ledger = run_private_round(
+            config, context, pid, tm.model, data.train.inputs, data.train.labels,
+            seed=config.experiment.seed * 1_000_003 + pid * 7919 + server_round)
+        metrics = MetricRecord({
+            "num-examples": len(data.train), "train-loss": private.loss,
+            "train-accuracy": private.accuracy, "train-steps": private.steps,
+            "train-seconds": time.perf_counter() - started, **ledger})
+    else:
+        metrics = _train_plain(tm, data, config, server_round, started)
     content = RecordDict({**write_payload(tm.payload()), "metrics": metrics})
     return Message(content, reply_to=msg)
 
@@ -88,3 +80,28 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         "eval-accuracy": 0.0 if empty else res.accuracy,
     })
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def _train_plain(tm: Any, data: Any, config: Any, server_round: int,
+                 started: float) -> MetricRecord:
+    steps = 0
+    loss = acc = 0.0
+    for epoch in range(config.train.local_epochs):
+        res = train_local(
+            tm.model,
+            data.train_batches(config.train.batch_size,
+                               epoch=server_round * 1000 + epoch,
+                               seed=config.experiment.seed),
+            lr=config.train.lr,
+            weight_decay=config.train.weight_decay,
+            max_steps=config.train.max_steps,
+        )
+        steps += res.steps
+        loss, acc = res.loss, res.accuracy
+    return MetricRecord({
+        "num-examples": len(data.train),
+        "train-loss": loss,
+        "train-accuracy": acc,
+        "train-steps": steps,
+        "train-seconds": time.perf_counter() - started,
+    })

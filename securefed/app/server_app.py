@@ -118,7 +118,8 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
             evaluate_fn=central,
         )
     except AggregationError as exc:  # includes SecAgg+ DropoutError
-        recorder.summary(status="failed", reason=str(exc), **facts)
+        recorder.summary(status="failed", reason=str(exc), **facts,
+                         **recorder.privacy_facts())
         raise
     final = record_to_payload(result.arrays) if len(result.arrays) else initial
     tm.load(final)
@@ -126,7 +127,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     tm.method.export(tm.model, adapter_dir)
     plot_run(recorder.rows, run_dir, title=f"{config.method.name} on {config.data.dataset}")
     facts["adapter_dir"] = str(adapter_dir)
-    return recorder.summary(status="completed", **facts)
+    return recorder.summary(status="completed", **facts, **recorder.privacy_facts())
 
 
 @app.main()

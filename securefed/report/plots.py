@@ -45,4 +45,18 @@ def plot_run(rows: Sequence[dict[str, Any]], out_dir: Path, *, title: str = "") 
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
+    xs, ys = _series(rows, "epsilon")
+    if xs:
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+        ax.plot(xs, ys, marker="o", label="largest client epsilon (sample-level)")
+        ax.set_xlabel("round")
+        ax.set_ylabel("epsilon")
+        ax.grid(alpha=0.3)
+        ax.set_title(title or "privacy")
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / "epsilon.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
     return written

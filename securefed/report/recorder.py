@@ -41,6 +41,9 @@ SUMMARY_KEYS = (
     "bytes_down_per_client_round",
     "wall_seconds",
     "adapter_dir",
+    "epsilon",
+    "user_level_epsilon",
+    "delta",
 )
 
 
@@ -70,6 +73,9 @@ class RunRecorder:
         self.started = time.monotonic()
         self.rows: list[dict[str, Any]] = []
         self._pending: dict[int, dict[str, Any]] = {}
+        self.ledger_path = run_dir / "privacy.jsonl"
+        self.max_epsilon: float | None = None
+        self.delta: float | None = None
 
     # ------------------------------------------------------------ observer API
     def on_train_round(self, stats: TrainRoundStats) -> None:
@@ -88,6 +94,33 @@ class RunRecorder:
         )
         if stats.extra:
             row["secure"] = stats.extra
+
+    def on_client_metrics(self, server_round: int, node: int,
+                          metrics: Mapping[str, float]) -> None:
+        """Append a client's DP ledger row to ``privacy.jsonl`` (if it trained with DP).
+
+        One row per round and client: sample-level epsilon after the round, delta,
+        noise multiplier, clip norm, sample rate, steps this round and in total.
+        """
+        if "dp-epsilon" not in metrics:
+            return
+        row: dict[str, Any] = {"round": server_round, "node": node}
+        for key in ("epsilon", "delta", "noise-multiplier", "clip-norm", "sample-rate",
+                    "steps", "total-steps"):
+            value = metrics.get(f"dp-{key}")
+            row[key.replace("-", "_")] = value
+        with self.ledger_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        eps = float(metrics["dp-epsilon"])
+        self.max_epsilon = eps if self.max_epsilon is None else max(self.max_epsilon, eps)
+        self.delta = float(metrics.get("dp-delta", 0.0)) or self.delta
+        pending = self._pending.setdefault(server_round, {"round": server_round})
+        pending["epsilon"] = self.max_epsilon
+
+    def privacy_facts(self) -> dict[str, Any]:
+        """``summary.json``'s privacy keys: the largest sample-level epsilon of any client
+        and delta (``None`` without DP); user-level epsilon is not accounted yet."""
+        return {"epsilon": self.max_epsilon, "delta": self.delta, "user_level_epsilon": None}
 
     def on_evaluate_round(self, server_round: int, metrics: Mapping[str, float],
                           rejected: Mapping[int, str]) -> None:

@@ -1,0 +1,185 @@
+"""Sample-level DP-SGD for one client's local training, on Opacus's per-sample gradients.
+
+DP-SGD (Abadi et al. 2016, arXiv:1607.00133): every step draws a **Poisson** sample of
+the client's examples (each in with probability ``q = expected_batch_size / N``), clips
+each example's gradient to L2 norm ``C`` (``max_grad_norm``), sums, adds Gaussian noise of
+standard deviation ``sigma * C`` and divides by the expected batch size. The accountant
+then composes ``steps`` Poisson-subsampled Gaussian mechanisms with
+``(sigma, q)`` (``securefed.privacy.accountants``).
+
+Opacus (Yousefpour et al. 2021, arXiv:2109.12298) computes the per-sample gradients
+(``GradSampleModule``) and clips them (``DPOptimizer``); the noise comes from a
+:class:`~securefed.privacy.noise.RandomSource` instead of torch's generator, so that
+production runs use the OS CSPRNG. A step whose Poisson sample is empty still adds the
+noise (the analysis assumes noise at every step). The model is unwrapped after
+training, so the per-process cached model stays a plain module and the payload keys do
+not change.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from torch import nn
+
+from securefed.exceptions import ConfigError
+from securefed.privacy.noise import RandomSource
+from securefed.training import trainable
+
+__all__ = ["PrivateTrainResult", "SourceNoiseDPOptimizer", "steps_per_epoch", "train_private"]
+
+
+class SourceNoiseDPOptimizer(DPOptimizer):
+    """Opacus's ``DPOptimizer`` with its Gaussian noise drawn from a :class:`RandomSource`."""
+
+    def __init__(self, *args: Any, source: RandomSource, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.source = source
+
+    def _noise_like(self, reference: torch.Tensor) -> torch.Tensor:
+        std = self.noise_multiplier * self.max_grad_norm
+        sample = self.source.normal(int(reference.numel())) * std
+        return torch.from_numpy(sample).to(dtype=reference.dtype,
+                                           device=reference.device).view_as(reference)
+
+    def add_noise(self) -> None:
+        """Add ``N(0, (sigma C)^2)`` noise from the source to every clipped gradient sum."""
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            p.grad = (p.summed_grad + self._noise_like(p.summed_grad)).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+    def noise_only_step(self) -> None:
+        """The step of an empty Poisson sample: the gradient is pure noise, scaled."""
+        for p in self.params:
+            p.grad = self._noise_like(p.data) / float(self.expected_batch_size)
+        self.original_optimizer.step()
+
+
+@dataclass(frozen=True)
+class PrivateTrainResult:
+    """One client's DP-SGD run: what the accountant needs, and the training metrics."""
+
+    num_examples: int
+    steps: int
+    empty_steps: int
+    sample_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+    loss: float
+    accuracy: float
+    seconds: float
+
+
+def steps_per_epoch(num_examples: int, expected_batch_size: int) -> int:
+    """``ceil(N / B)``: Poisson steps that visit each example once in expectation."""
+    return max(1, math.ceil(num_examples / expected_batch_size))
+
+
+def _batch(inputs: Mapping[str, torch.Tensor], labels: torch.Tensor,
+           idx: np.ndarray) -> dict[str, torch.Tensor]:
+    index = torch.from_numpy(idx.astype(np.int64))
+    out = {k: v.index_select(0, index) for k, v in inputs.items()}
+    out["labels"] = labels.index_select(0, index)
+    return out
+
+
+def train_private(
+    model: nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    lr: float,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: int,
+    steps: int,
+    source: RandomSource,
+    weight_decay: float = 0.0,
+) -> PrivateTrainResult:
+    """Run ``steps`` DP-SGD steps (AdamW on the privatised gradient) on one client's data.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The tuned classifier; only parameters with ``requires_grad`` are trained.
+    inputs, labels : tensors
+        The client's whole training split (first dimension = examples).
+    noise_multiplier, max_grad_norm : float
+        ``sigma`` and the clipping bound ``C``.
+    expected_batch_size : int
+        ``B``; the sample rate is ``q = B / N`` (capped at 1).
+    steps : int
+        DP-SGD steps to run (what the accountant is charged).
+    source : RandomSource
+        Poisson sampling and noise; :class:`~securefed.privacy.noise.SecureSource` in
+        production.
+
+    Raises
+    ------
+    ConfigError
+        On a non-positive ``C``, ``B`` or ``steps``, a negative ``sigma``, or no data.
+    FloatingPointError
+        If the loss becomes NaN or Inf.
+    """
+    n = int(labels.shape[0])
+    if n < 1:
+        raise ConfigError("DP-SGD needs at least one training example")
+    if not (max_grad_norm > 0 and expected_batch_size >= 1 and steps >= 1
+            and noise_multiplier >= 0):
+        raise ConfigError(f"invalid DP-SGD settings: C={max_grad_norm}, B={expected_batch_size}, "
+                          f"steps={steps}, sigma={noise_multiplier}")
+    params = trainable(model)
+    if not params:
+        raise ConfigError("the model has no trainable parameters")
+    q = min(1.0, expected_batch_size / n)
+    model.train()
+    wrapped = GradSampleModule(model)
+    optimizer = SourceNoiseDPOptimizer(
+        torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
+        noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+        expected_batch_size=expected_batch_size, source=source)
+    start = time.perf_counter()
+    seen = correct = empty = 0
+    loss_sum = 0.0
+    try:
+        for step in range(steps):
+            idx = np.flatnonzero(source.poisson_mask(n, q))
+            optimizer.zero_grad(set_to_none=True)
+            if idx.size == 0:
+                optimizer.noise_only_step()
+                empty += 1
+                continue
+            batch = _batch(inputs, labels, idx)
+            logits = wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            loss = nn.functional.cross_entropy(logits, batch["labels"], reduction="mean")
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"non-finite training loss at DP step {step}")
+            loss.backward()
+            optimizer.step()
+            seen += int(idx.size)
+            loss_sum += float(loss.item()) * idx.size
+            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        wrapped.remove_hooks()  # the cached model stays a plain module
+        wrapped._close()
+        for p in params:
+            for attr in ("grad_sample", "summed_grad", "_forward_counter"):
+                if hasattr(p, attr):
+                    delattr(p, attr)
+    return PrivateTrainResult(
+        num_examples=n, steps=steps, empty_steps=empty, sample_rate=q,
+        noise_multiplier=float(noise_multiplier), max_grad_norm=float(max_grad_norm),
+        loss=loss_sum / seen if seen else float("nan"),
+        accuracy=correct / seen if seen else float("nan"),
+        seconds=time.perf_counter() - start)
