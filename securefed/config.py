@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from securefed.config_check import require as _require
 from securefed.config_dp import DPConfig
 from securefed.config_secure import SecureConfig
 from securefed.exceptions import ConfigError
@@ -53,11 +54,6 @@ __all__ = [
 ]
 
 Scalar = str | int | float | bool
-
-
-def _require(cond: bool, table: str, key: str, value: object, need: str) -> None:
-    if not cond:
-        raise ConfigError(f"[{table}] {key} = {value!r} is invalid: {need}")
 
 
 @dataclass(frozen=True)

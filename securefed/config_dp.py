@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from securefed.exceptions import ConfigError, UnknownNameError
+from securefed.config_check import require
+from securefed.exceptions import UnknownNameError
 
 __all__ = ["DP_MODES", "DPConfig"]
 
@@ -30,8 +31,7 @@ _RANDOMNESS = ("secure", "seeded")
 
 
 def _need(cond: bool, key: str, value: object, need: str) -> None:
-    if not cond:
-        raise ConfigError(f"[dp] {key} = {value!r} is invalid: {need}")
+    require(cond, "dp", key, value, need)
 
 
 @dataclass(frozen=True)

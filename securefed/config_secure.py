@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from securefed.config_check import require
 from securefed.exceptions import ConfigError, UnknownNameError
 
 __all__ = ["SECURE_MODES", "SecureConfig"]
@@ -40,8 +41,7 @@ _ROLES = ("authority", "shared")
 
 
 def _need(cond: bool, key: str, value: object, need: str) -> None:
-    if not cond:
-        raise ConfigError(f"[secure] {key} = {value!r} is invalid: {need}")
+    require(cond, "secure", key, value, need)
 
 
 @dataclass(frozen=True)
