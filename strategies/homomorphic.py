@@ -293,7 +293,7 @@ class HomomorphicAggregation(SumOnlyAggregation):
         weight_sum = float(values[length] * self.max_weight)
         self._note(secure="ckks", ckks_key_role=self.ckks.key_role,
                    ckks_authority=self.authority, ckks_terms=len(good),
-                   exactness=str(self.exactness))
+                   exactness=self.exactness)
         return self.inner.aggregate_from_sum(server_round, update_sum, round(weight_sum),
                                              sorted(good), mean_metrics(replied))
 

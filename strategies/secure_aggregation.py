@@ -276,7 +276,7 @@ class SecureAggregation(SumOnlyAggregation):
             secagg_threshold=cfg.graph.threshold,
             secagg_bits=cfg.bits,
             secagg_clipped=_clipped(trained),
-            exactness=str(self.exactness),
+            exactness=self.exactness,
         )
         return self.inner.aggregate_from_sum(server_round, update_sum,
                                              float(result.weight_sum), contributors,

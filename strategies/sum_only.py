@@ -32,7 +32,7 @@ from flwr.serverapp.strategy import Strategy
 from securefed.exceptions import AggregationError, ConfigError
 from strategies.adapter_fedavg import TrainRoundStats
 
-__all__ = ["ExactnessDecision", "SumAggregator", "SumOnlyAggregation", "check_exactness"]
+__all__ = ["SumAggregator", "SumOnlyAggregation", "check_exactness"]
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,9 @@ class SumAggregator(Protocol):
         """Aggregate federated-evaluation replies."""
 
 
-class ExactnessDecision(str):
-    """``"exact"`` or ``"inexact-allowed"``: what :func:`check_exactness` decided."""
-
-
 def check_exactness(method: str, exact_under_sum: bool, allow_inexact: bool,
-                    wrapper: str) -> ExactnessDecision:
-    """Apply the exactness rule for a method under a sum-only wrapper.
+                    wrapper: str) -> str:
+    """Apply the exactness rule; return ``"exact"`` or ``"inexact-allowed"``.
 
     Raises
     ------
@@ -91,11 +87,11 @@ def check_exactness(method: str, exact_under_sum: bool, allow_inexact: bool,
         If the method's mean is inexact under sums and the config did not opt in.
     """
     if exact_under_sum:
-        return ExactnessDecision("exact")
+        return "exact"
     if allow_inexact:
         log.warning("%s: method %r is aggregated factor-wise; the mean is inexact "
                     "(allow_inexact = true)", wrapper, method)
-        return ExactnessDecision("inexact-allowed")
+        return "inexact-allowed"
     raise ConfigError(
         f"{wrapper}: method {method!r} is not exact under sum-only aggregation "
         "(the factor-wise mean of LoRA A and B is not the mean of B·A). Choose one: "

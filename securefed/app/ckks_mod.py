@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from securefed.app.protocol_mod import CallNext, StageHandler, dispatch
-from securefed.app.secagg_mod import update_vector
-from securefed.exceptions import PayloadError, PrivacyError
+from securefed.app.protocol_mod import CallNext, StageHandler, client_update, dispatch
+from securefed.exceptions import PrivacyError
 from securefed.he import CKKSConfig, decrypt_sum, encrypt_vector, generate_keys, load_context
 from securefed.secagg.crypto import (
     KEY_TRANSPORT_LABEL,
@@ -36,7 +35,6 @@ from securefed.secagg.crypto import (
 )
 from securefed.secagg.errors import ProtocolError
 from strategies.homomorphic import fingerprint
-from strategies.records import read_payload
 from strategies.sum_only import PROTOCOL_RECORD
 
 __all__ = ["STATE_KEY", "ckks_mod"]
@@ -135,27 +133,17 @@ def _setup(msg: Message, context: Context, call_next: CallNext) -> Message:
     if not isinstance(public, bytes) or state.get("public-sha256") != sha:
         raise ProtocolError(f"this node holds no CKKS public context {sha[:12]}; the server "
                             "resends it next round")
-    c = float(_field(record, "clipping-range", float))
-    max_w = _field(record, "max-weight", int)
+    clipping_range = float(_field(record, "clipping-range", float))
+    max_weight = _field(record, "max-weight", int)
+    on_overflow = _field(record, "on-overflow", str)
+    vector_length = _field(record, "vector-length", int)
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
-    metrics = reply.content.metric_records.get("metrics")
-    weight = None if metrics is None else metrics.get("num-examples")
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= max_w:
-        raise PayloadError(f"'num-examples' must be an int in [1, max_weight={max_w}], got "
-                           f"{weight!r}; raise [secure] max_weight for larger clients")
-    delta, clipped, largest = update_vector(read_payload(msg.content),
-                                            read_payload(reply.content), c,
-                                            _field(record, "on-overflow", str))
-    if delta.size != _field(record, "vector-length", int):
-        raise PayloadError(f"update has {delta.size} values, the round expects "
-                           f"{record.get('vector-length')!r}")
-    scale = weight / max_w
-    ciphertext = encrypt_vector(public, np.append(delta * scale, scale))
-    plain = {k: v for k, v in (metrics or {}).items() if k != "num-examples"}
-    plain.update({"secure-clipped": clipped, "secure-max-abs-update": largest})
-    return _reply(msg, {"ciphertext": ciphertext}, MetricRecord(plain))
+    update = client_update(msg, reply, clipping_range=clipping_range, on_overflow=on_overflow,
+                           max_weight=max_weight, vector_length=vector_length)
+    ciphertext = encrypt_vector(public, np.append(update.scaled, update.scale))
+    return _reply(msg, {"ciphertext": ciphertext}, update.metrics)
 
 
 def _decrypt(msg: Message, context: Context, call_next: CallNext) -> Message:

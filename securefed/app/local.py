@@ -9,14 +9,14 @@ decrypt) never touch the model, so they skip torch's start-up cost entirely.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
-from securefed.app.runtime import client_data, tuned_model
+from securefed.app.runtime import ClientData, TunedModel, client_data, tuned_model
 from securefed.app.settings import config_from_run_config, partition_id_of
+from securefed.config import ExperimentConfig
 from securefed.exceptions import PayloadError
 from securefed.training import evaluate, train_local
 from strategies.records import read_payload, write_payload
@@ -46,15 +46,15 @@ def handle_train(msg: Message, context: Context) -> Message:
         raise PayloadError(f"config 'server-round' must be an int, got {server_round!r}")
     # Dropout and other torch randomness: reproducible per (seed, client, round), so
     # that a rerun (or the same round under secure aggregation) trains identically.
-    torch.manual_seed((config.experiment.seed * 1_000_003 + pid * 7919 + server_round)
-                      % 2**63)
+    round_seed = (config.experiment.seed * 1_000_003 + pid * 7919 + server_round) % 2**63
+    torch.manual_seed(round_seed)
     started = time.perf_counter()
     if config.dp.enabled:
         from securefed.app.private_training import run_private_round
 
         private, ledger = run_private_round(
             config, context, pid, tm.model, data.train.inputs, data.train.labels,
-            seed=config.experiment.seed * 1_000_003 + pid * 7919 + server_round)
+            seed=round_seed)
         metrics = MetricRecord({
             "num-examples": len(data.train), "train-loss": private.loss,
             "train-accuracy": private.accuracy, "train-steps": private.steps,
@@ -82,8 +82,9 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-def _train_plain(tm: Any, data: Any, config: Any, server_round: int,
-                 started: float) -> MetricRecord:
+def _train_plain(tm: TunedModel, data: ClientData, config: ExperimentConfig,
+                 server_round: int, started: float) -> MetricRecord:
+    """The non-private local epochs (AdamW on shuffled batches) and their metrics."""
     steps = 0
     loss = acc = 0.0
     for epoch in range(config.train.local_epochs):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -37,9 +36,8 @@ from flwr.app import (
     RecordDict,
 )
 
-from securefed.app.protocol_mod import CallNext, StageHandler, dispatch
-from securefed.exceptions import PayloadError, PrivacyError
-from securefed.secagg import SecAggClient, SecAggConfig, flatten_payload
+from securefed.app.protocol_mod import CallNext, StageHandler, client_update, dispatch
+from securefed.secagg import SecAggClient, SecAggConfig
 from securefed.secagg.errors import ProtocolError
 from securefed.secagg.serial import (
     config_from_dict,
@@ -47,10 +45,9 @@ from securefed.secagg.serial import (
     decode_message,
     encode_message,
 )
-from strategies.records import read_payload
 from strategies.sum_only import PROTOCOL_RECORD
 
-__all__ = ["STATE_KEY", "secagg_mod", "update_vector"]
+__all__ = ["STATE_KEY", "secagg_mod"]
 
 log = logging.getLogger(__name__)
 
@@ -62,36 +59,6 @@ ERROR_CODE = 3701  # application-defined Error code of a refused SecAgg+ step
 def _secure_rng() -> np.random.Generator:
     """Quantisation randomness seeded from the OS CSPRNG (never from the experiment seed)."""
     return np.random.default_rng(secrets.randbits(128))
-
-
-def update_vector(global_payload: Mapping[str, np.ndarray], new_payload: Mapping[str, np.ndarray],
-                  clipping_range: float, on_overflow: str) -> tuple[np.ndarray, int, float]:
-    """The flat update ``x - g`` (sorted keys), range-checked; ``(vector, clipped, max)``.
-
-    Raises
-    ------
-    PayloadError
-        If the keys or shapes of the two payloads differ, or a value is not finite.
-    PrivacyError
-        If a coordinate is outside ``[-c, c]`` and ``on_overflow = "error"``.
-    """
-    if set(global_payload) != set(new_payload):
-        raise PayloadError(f"reply keys {sorted(new_payload)} differ from the global "
-                           f"payload's {sorted(global_payload)}")
-    flat, _ = flatten_payload({0: new_payload, 1: global_payload})
-    delta = flat[0] - flat[1]
-    if not np.all(np.isfinite(delta)):
-        raise PayloadError("the update has NaN or Inf values")
-    largest = float(np.max(np.abs(delta))) if delta.size else 0.0
-    outside = int(np.count_nonzero(np.abs(delta) > clipping_range))
-    if outside and on_overflow != "clip":
-        raise PrivacyError(
-            f"{outside} update coordinates exceed the secure-aggregation clipping range "
-            f"[-{clipping_range:g}, {clipping_range:g}] (largest |value| {largest:.4g}); "
-            "raise [secure] clipping_range, or set on_overflow = \"clip\" to clip and "
-            "report them"
-        )
-    return np.clip(delta, -clipping_range, clipping_range), outside, largest
 
 
 def _state(context: Context) -> ConfigRecord:
@@ -155,24 +122,14 @@ def _masked_input(msg: Message, context: Context, call_next: CallNext) -> Messag
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
-    metrics = reply.content.metric_records.get("metrics")
-    weight = None if metrics is None else metrics.get("num-examples")
     q = config.quantization
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= q.max_weight:
-        raise PayloadError(f"'num-examples' must be an int in [1, max_weight={q.max_weight}], "
-                           f"got {weight!r}; raise [secure] max_weight for larger clients")
-    delta, clipped, largest = update_vector(read_payload(msg.content),
-                                            read_payload(reply.content),
-                                            q.clipping_range, q.on_overflow)
-    if delta.size != config.vector_length:
-        raise PayloadError(f"update has {delta.size} values, the round expects "
-                           f"{config.vector_length}")
-    x = delta * (weight / q.max_weight)
-    out = client.masked_input(bundle, x, weight if config.has_weight else None)
+    update = client_update(msg, reply, clipping_range=q.clipping_range,
+                           on_overflow=q.on_overflow, max_weight=q.max_weight,
+                           vector_length=config.vector_length)
+    out = client.masked_input(bundle, update.scaled,
+                              update.weight if config.has_weight else None)
     _save(context, client, config)
-    plain = {k: v for k, v in (metrics or {}).items() if k != "num-examples"}
-    plain.update({"secure-clipped": clipped, "secure-max-abs-update": largest})
-    return _reply(msg, out, MetricRecord(plain))
+    return _reply(msg, out, update.metrics)
 
 
 def _unmask(msg: Message, context: Context, call_next: CallNext) -> Message:

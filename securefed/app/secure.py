@@ -17,12 +17,10 @@ import numpy as np
 from flwr.serverapp.strategy import Strategy
 
 from securefed.config import ExperimentConfig
-from securefed.exceptions import ConfigError
 from securefed.methods import TuningMethod
 from securefed.registry import Registry
 from strategies.adapter_fedavg import AdapterFedAvg
 from strategies.secure_aggregation import SecureAggregation
-from strategies.sum_only import check_exactness
 
 __all__ = ["SECURE_WRAPPERS", "check_secure", "secure_facts", "wrap_strategy"]
 
@@ -35,42 +33,32 @@ def _none(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod) 
     return inner
 
 
+def _shared(config: ExperimentConfig, method: TuningMethod) -> dict[str, Any]:
+    """The arguments both sum-only wrappers take from ``[secure]`` and the method."""
+    s = config.secure
+    return {"method": method.name, "exact_under_sum": method.semantics.exact_under_sum,
+            "allow_inexact": s.allow_inexact, "clipping_range": s.clipping_range,
+            "max_weight": s.max_weight, "on_overflow": s.on_overflow,
+            "stage_timeout": s.stage_timeout_s}
+
+
 def _secagg(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod) -> Strategy:
     s = config.secure
-    return SecureAggregation(
-        inner,
-        method=method.name,
-        exact_under_sum=method.semantics.exact_under_sum,
-        allow_inexact=s.allow_inexact,
-        clipping_range=s.clipping_range,
-        bits=s.bits,
-        degree=s.degree or None,
-        threshold=s.threshold or None,
-        max_weight=s.max_weight,
-        on_overflow=s.on_overflow,  # type: ignore[arg-type]
-        stage_timeout=s.stage_timeout_s,
-        train_timeout=config.federation.round_timeout_s,
-    )
+    return SecureAggregation(inner, bits=s.bits, degree=s.degree or None,
+                             threshold=s.threshold or None,
+                             train_timeout=config.federation.round_timeout_s,
+                             **_shared(config, method))
 
 
 def _ckks(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod) -> Strategy:
     from strategies.homomorphic import HomomorphicAggregation
 
     s = config.secure
-    return HomomorphicAggregation(
-        inner,
-        method=method.name,
-        exact_under_sum=method.semantics.exact_under_sum,
-        allow_inexact=s.allow_inexact,
-        clipping_range=s.clipping_range,
-        max_weight=s.max_weight,
-        on_overflow=s.on_overflow,  # type: ignore[arg-type]
-        key_role=s.key_role,
-        poly_modulus_degree=s.poly_modulus_degree,
-        coeff_mod_bit_sizes=s.coeff_bits,
-        global_scale_bits=s.global_scale_bits,
-        stage_timeout=s.stage_timeout_s,
-    )
+    return HomomorphicAggregation(inner, key_role=s.key_role,
+                                  poly_modulus_degree=s.poly_modulus_degree,
+                                  coeff_mod_bit_sizes=s.coeff_bits,
+                                  global_scale_bits=s.global_scale_bits,
+                                  **_shared(config, method))
 
 
 SECURE_WRAPPERS.register("none", _none)
@@ -102,19 +90,10 @@ def check_secure(config: ExperimentConfig, method: TuningMethod) -> None:
     """
     if not config.secure.enabled:
         return
-    check_exactness(method.name, method.semantics.exact_under_sum,
-                    config.secure.allow_inexact, f"[secure] mode = {config.secure.mode!r}")
     fed = config.federation
     probe = AdapterFedAvg(clients_per_round=fed.clients_per_round,
                           min_replies=fed.required_replies, rng=np.random.default_rng(0))
-    wrapper = wrap_strategy(config, probe, method)
-    config_for = getattr(wrapper, "config_for", None)
-    if config_for is not None:
-        try:
-            config_for(fed.clients_per_round, 1)
-        except ConfigError as exc:
-            raise ConfigError(f"[secure] with {fed.clients_per_round} clients per round: "
-                              f"{exc}") from None
+    wrap_strategy(config, probe, method)  # the constructors validate everything
 
 
 def secure_facts(config: ExperimentConfig, method: TuningMethod) -> dict[str, Any]:

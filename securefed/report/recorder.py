@@ -132,6 +132,14 @@ class RunRecorder:
             evaluate_rejected={str(k): v for k, v in rejected.items()},
         )
 
+    def _capture_dir(self, server_round: int, position: int) -> Path | None:
+        """The capture folder if ``(round, position)`` is the one to capture, else None."""
+        if self.capture != (server_round, position):
+            return None
+        out = self.run_dir / "captures" / f"round-{server_round}-client-{position}"
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
     def on_reply(self, server_round: int, position: int, node: int,
                  payload: Mapping[str, np.ndarray], weight: float,
                  global_payload: Mapping[str, np.ndarray]) -> None:
@@ -141,10 +149,9 @@ class RunRecorder:
         exactly as received), ``global.safetensors`` (what the server had sent that
         client) and ``meta.json`` (round, sample position, node id, num-examples).
         """
-        if self.capture != (server_round, position):
+        out = self._capture_dir(server_round, position)
+        if out is None:
             return
-        out = self.run_dir / "captures" / f"round-{server_round}-client-{position}"
-        out.mkdir(parents=True, exist_ok=True)
         save_file({k: np.ascontiguousarray(v) for k, v in payload.items()},
                   str(out / "payload.safetensors"))
         save_file({k: np.ascontiguousarray(v) for k, v in global_payload.items()},
@@ -163,10 +170,9 @@ class RunRecorder:
         vector in ``Z_{2^bits}`` exactly as received: uniformly random without the
         other clients' masks) and ``meta.json``.
         """
-        if self.capture != (server_round, position):
+        out = self._capture_dir(server_round, position)
+        if out is None:
             return
-        out = self.run_dir / "captures" / f"round-{server_round}-client-{position}"
-        out.mkdir(parents=True, exist_ok=True)
         save_file({"masked_input": np.ascontiguousarray(masked)},
                   str(out / "masked.safetensors"))
         (out / "meta.json").write_text(json.dumps({
