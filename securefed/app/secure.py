@@ -17,6 +17,7 @@ import numpy as np
 from flwr.serverapp.strategy import Strategy
 
 from securefed.config import ExperimentConfig
+from securefed.exceptions import ConfigError
 from securefed.methods import TuningMethod
 from securefed.registry import Registry
 from strategies.adapter_fedavg import AdapterFedAvg
@@ -53,6 +54,10 @@ def _secagg(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod
 def _ckks(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod) -> Strategy:
     from strategies.homomorphic import HomomorphicAggregation
 
+    if config.capture.round:
+        raise ConfigError("[capture] is not available with [secure] mode = 'ckks' yet: the "
+                          "server sees only ciphertexts and would capture nothing; use "
+                          "mode = 'secagg' (captures the masked input) or 'none'")
     s = config.secure
     return HomomorphicAggregation(inner, key_role=s.key_role,
                                   poly_modulus_degree=s.poly_modulus_degree,

@@ -130,5 +130,8 @@ def test_ckks_range_and_exactness_are_checked_before_anything_runs(tiny_backbone
         preflight(_ckks(bb, tmp_path, clipping_range=1e6))  # (60, 40): bound 2^19
     with pytest.raises(ConfigError, match="not exact under sum-only"):
         preflight(_cfg(bb, tmp_path, "lora", secure={"mode": "ckks"}))
+    with pytest.raises(ConfigError, match=r"\[capture\] is not available"):
+        preflight(_cfg(bb, tmp_path, secure={"mode": "ckks"},
+                       capture={"round": 1, "client_index": 0}))
     with pytest.raises(ConfigError, match="key_role"):
         _ckks(bb, tmp_path, role="everyone")
