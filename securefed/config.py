@@ -11,6 +11,8 @@ A config file has one table per concern::
     [capture]      round, client_index (save one client's reply for attack evaluation)
     [secure]       mode = none | secagg | ckks, clipping range, ... (securefed.config_secure)
     [dp]           mode = none | sample (DP-SGD), epsilon, delta, budget (securefed.config_dp)
+    [user_dp]      clipping = none | server-/client-fixed | -adaptive: user-level DP
+                   (securefed.config_user_dp)
 
 Every table is a frozen dataclass validated in ``__post_init__``; an unknown key is a
 :class:`~securefed.exceptions.ConfigError` naming it and listing the valid keys, and a
@@ -34,6 +36,7 @@ from typing import Any, TypeVar
 from securefed.config_check import require as _require
 from securefed.config_dp import DPConfig
 from securefed.config_secure import SecureConfig
+from securefed.config_user_dp import UserDPConfig
 from securefed.exceptions import ConfigError
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "ModelConfig",
     "SecureConfig",
     "TrainConfig",
+    "UserDPConfig",
     "apply_overrides",
     "from_flat",
     "load_config",
@@ -219,6 +223,7 @@ _TABLES: dict[str, type] = {
     "capture": CaptureConfig,
     "secure": SecureConfig,
     "dp": DPConfig,
+    "user_dp": UserDPConfig,
 }
 
 C = TypeVar("C")
@@ -278,6 +283,7 @@ class ExperimentConfig:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
     dp: DPConfig = field(default_factory=DPConfig)
+    user_dp: UserDPConfig = field(default_factory=UserDPConfig)
 
     def __post_init__(self) -> None:
         fed, data = self.federation, self.data

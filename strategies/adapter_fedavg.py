@@ -115,6 +115,16 @@ class AdapterFedAvg(FedAvg):
         Receives per-round statistics.
     node_wait_s : float
         How long to wait for enough nodes to connect before failing.
+    poisson_population : int
+        0: sample exactly ``clients_per_round`` nodes a round. ``N > 0``: Poisson
+        sampling, each of the ``N`` nodes joins a training round independently with
+        probability ``q = clients_per_round / N`` (what user-level DP accounting with
+        sampling amplification assumes; McMahan et al. 2018, arXiv:1710.06963). A
+        round that draws fewer than ``min_replies`` nodes raises AggregationError.
+    uniform_weights : bool
+        Weigh every client 1 instead of its example count (user-level DP: each user's
+        clipped update counts equally). Under a sum-only wrapper the weight sum must
+        then equal the number of contributors.
     """
 
     def __init__(
@@ -127,7 +137,12 @@ class AdapterFedAvg(FedAvg):
         rng: np.random.Generator,
         observer: RoundObserver | None = None,
         node_wait_s: float = 600.0,
+        poisson_population: int = 0,
+        uniform_weights: bool = False,
     ) -> None:
+        if poisson_population and poisson_population < clients_per_round:
+            raise ConfigError(f"poisson_population {poisson_population} is smaller than "
+                              f"clients_per_round {clients_per_round}")
         if clients_per_round < 1:
             raise ConfigError(f"clients_per_round must be >= 1, got {clients_per_round}")
         if not 1 <= min_replies <= clients_per_round:
@@ -154,6 +169,8 @@ class AdapterFedAvg(FedAvg):
         self.rng = rng
         self.observer = observer
         self.node_wait_s = node_wait_s
+        self.poisson_population = poisson_population
+        self.uniform_weights = uniform_weights
         self.spec: PayloadSpec | None = None
         self._global_sent: dict[str, np.ndarray] = {}
         self.history: list[TrainRoundStats] = []
@@ -211,6 +228,20 @@ class AdapterFedAvg(FedAvg):
         chosen = self.rng.choice(len(nodes), size=k, replace=False)
         return [nodes[int(i)] for i in chosen]
 
+    def _sample_train(self, grid: Grid, server_round: int) -> list[int]:
+        if not self.poisson_population:
+            return self._sample(grid, self.clients_per_round)
+        population = self._sample(grid, self.poisson_population)
+        q = self.clients_per_round / self.poisson_population
+        chosen = [n for n, u in zip(population, self.rng.random(len(population)), strict=True)
+                  if u < q]
+        if len(chosen) < self.min_replies:
+            raise AggregationError(
+                f"round {server_round}: Poisson sampling (q = {q:.3g}) drew {len(chosen)} "
+                f"clients, fewer than min_replies = {self.min_replies}; lower [federation] "
+                "min_replies or raise clients_per_round")
+        return sorted(chosen)
+
     def _messages(self, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int],
                   message_type: str, server_round: int) -> list[Message]:
         config["server-round"] = server_round
@@ -225,7 +256,7 @@ class AdapterFedAvg(FedAvg):
         if self.spec is None:
             self.spec = PayloadSpec.of(record_to_payload(arrays),
                                        max_bytes=self.max_payload_bytes)
-        nodes = self._sample(grid, self.clients_per_round)
+        nodes = self._sample_train(grid, server_round)
         self._global_sent = record_to_payload(arrays)
         self._current = TrainRoundStats(
             server_round=server_round,
@@ -261,15 +292,14 @@ class AdapterFedAvg(FedAvg):
         validate_payload(payload, self.spec)
         return payload, weight
 
-    @staticmethod
-    def _weight(content: RecordDict) -> float:
+    def _weight(self, content: RecordDict) -> float:
         metrics = content.metric_records.get(METRICS_KEY)
         if metrics is None or WEIGHT_KEY not in metrics:
             raise PayloadError(f"reply lacks MetricRecord {METRICS_KEY!r} with {WEIGHT_KEY!r}")
         weight = metrics[WEIGHT_KEY]
         if not isinstance(weight, int | float) or not np.isfinite(weight) or weight <= 0:
             raise PayloadError(f"{WEIGHT_KEY!r} must be a positive number, got {weight!r}")
-        return float(weight)
+        return 1.0 if self.uniform_weights else float(weight)
 
     # -------------------------------------------------------------- aggregation
     def aggregate_train(
@@ -380,6 +410,11 @@ class AdapterFedAvg(FedAvg):
                 )
             if not np.isfinite(weight_sum) or weight_sum <= 0:
                 raise AggregationError(f"round {server_round}: weight sum {weight_sum!r} <= 0")
+            if self.uniform_weights and weight_sum != len(contributors):
+                raise AggregationError(
+                    f"round {server_round}: uniform weights expected, but the weight sum "
+                    f"{weight_sum:g} differs from the {len(contributors)} contributors "
+                    "(a client did not send weight 1)")
             new = {k: (np.asarray(self._global_sent[k], dtype=np.float64)
                        + np.asarray(update_sum[k], dtype=np.float64) / weight_sum
                        ).astype(self._global_sent[k].dtype)

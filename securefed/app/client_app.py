@@ -20,14 +20,15 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from securefed.app.ckks_mod import ckks_mod
+from securefed.app.clipping_mod import clipping_mod
 from securefed.app.secagg_mod import secagg_mod
 
 __all__ = ["app", "handle_evaluate", "handle_train"]
 
-#: Privacy mods, outermost first. ``secagg_mod`` passes through every message that is
-#: not part of a SecAgg+ round; clipping mods (DP) go after it so that they run inside
-#: it, on the update before it is masked.
-MODS: list[Mod] = [secagg_mod, ckks_mod]
+#: Privacy mods, outermost first. ``secagg_mod`` and ``ckks_mod`` pass through every
+#: message that is not part of their protocol; ``clipping_mod`` (user-level DP) runs
+#: inside them, so the update is clipped before it is masked or encrypted.
+MODS: list[Mod] = [secagg_mod, ckks_mod, clipping_mod]
 
 app = ClientApp(mods=MODS)
 

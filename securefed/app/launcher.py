@@ -217,12 +217,14 @@ def preflight(config: ExperimentConfig) -> None:
     raises :class:`~securefed.exceptions.OfflineError`), the dataset and the
     partitioner, so that a typo never costs a Flower start-up.
     """
+    from securefed.app.central_dp import check_user_dp
     from securefed.app.runtime import build_method, dataset_for
     from securefed.app.secure import check_secure
     from securefed.data import PARTITIONERS
     from securefed.models import resolve_backbone
 
     check_secure(config, build_method(config))
+    check_user_dp(config)
     PARTITIONERS.get(config.data.partitioner)
     backbone = resolve_backbone(config.model.backbone)
     if config.dp.enabled:

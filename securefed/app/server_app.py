@@ -22,11 +22,12 @@ import tomli_w
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from securefed.app.central_dp import adapter_options, user_dp_facts, wrap_user_dp
 from securefed.app.runtime import heldout_split, histograms, tuned_model, write_json
 from securefed.app.secure import secure_facts, wrap_strategy
 from securefed.app.settings import config_from_run_config, run_dir_of
 from securefed.config import ExperimentConfig
-from securefed.exceptions import AggregationError
+from securefed.exceptions import AggregationError, PrivacyBudgetExhausted, PrivacyError
 from securefed.report.plots import plot_run
 from securefed.report.recorder import RunRecorder
 from securefed.training import evaluate
@@ -74,8 +75,9 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
         max_payload_bytes=int(fed.max_payload_mb * 2**20),
         rng=np.random.default_rng(config.experiment.seed),
         observer=recorder,
+        **adapter_options(config),
     )
-    strategy = wrap_strategy(config, inner, tm.method)
+    strategy = wrap_user_dp(config, wrap_strategy(config, inner, tm.method), inner, recorder)
     test = heldout_split(config) if fed.central_eval else None
 
     def central(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -106,6 +108,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
         "exact_under_sum": tm.method.semantics.exact_under_sum,
         "adapter_dir": None,
         **secure_facts(config, tm.method),
+        **user_dp_facts(config),
     }
     try:
         result = strategy.start(
@@ -117,17 +120,43 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
             evaluate_config=ConfigRecord(),
             evaluate_fn=central,
         )
-    except AggregationError as exc:  # includes SecAgg+ DropoutError
+    except PrivacyBudgetExhausted as exc:  # user-level budget: stop cleanly, keep the model
+        last = getattr(strategy, "last_arrays", None)
+        final = record_to_payload(last) if last is not None and len(last) else initial
+        log.warning("run stopped: %s", exc)
+        return _finish(config, tm, recorder, run_dir, final, facts, status="stopped",
+                       reason=f"privacy budget exhausted: {exc}")
+    except (AggregationError, PrivacyError) as exc:  # includes SecAgg+ DropoutError
+        if isinstance(exc, AggregationError) and _clients_out_of_budget(inner):
+            # every refusal was a client's PrivacyBudgetExhausted: a clean stop
+            log.warning("run stopped: %s", exc)
+            return _finish(config, tm, recorder, run_dir, inner.global_payload or initial,
+                           facts, status="stopped",
+                           reason=f"too few clients within their privacy budget: {exc}")
         recorder.summary(status="failed", reason=str(exc), **facts,
                          **recorder.privacy_facts())
         raise
     final = record_to_payload(result.arrays) if len(result.arrays) else initial
+    return _finish(config, tm, recorder, run_dir, final, facts, status="completed")
+
+
+def _clients_out_of_budget(inner: AdapterFedAvg) -> bool:
+    """Whether every rejection of the failed round was a client's budget refusal."""
+    stats = inner.current_stats or (inner.history[-1] if inner.history else None)
+    reasons = list(stats.rejected.values()) if stats is not None else []
+    return bool(reasons) and all("PrivacyBudgetExhausted" in r for r in reasons)
+
+
+def _finish(config: ExperimentConfig, tm: Any, recorder: RunRecorder, run_dir: Any,
+            final: dict[str, np.ndarray], facts: dict[str, Any], **status: Any
+            ) -> dict[str, Any]:
+    """Export the final adapter, plot the run and write ``summary.json``."""
     tm.load(final)
     adapter_dir = run_dir / "adapter"
     tm.method.export(tm.model, adapter_dir)
     plot_run(recorder.rows, run_dir, title=f"{config.method.name} on {config.data.dataset}")
     facts["adapter_dir"] = str(adapter_dir)
-    return recorder.summary(status="completed", **facts, **recorder.privacy_facts())
+    return recorder.summary(**status, **facts, **recorder.privacy_facts())
 
 
 @app.main()

@@ -45,10 +45,14 @@ def plot_run(rows: Sequence[dict[str, Any]], out_dir: Path, *, title: str = "") 
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
-    xs, ys = _series(rows, "epsilon")
-    if xs:
+    curves = [(_series(rows, key), name) for key, name in (
+        ("epsilon", "largest client epsilon (sample-level)"),
+        ("user_epsilon", "user-level epsilon (server)"))]
+    if any(xs for (xs, _), _ in curves):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-        ax.plot(xs, ys, marker="o", label="largest client epsilon (sample-level)")
+        for (xs, ys), name in curves:
+            if xs:
+                ax.plot(xs, ys, marker="o", label=name)
         ax.set_xlabel("round")
         ax.set_ylabel("epsilon")
         ax.grid(alpha=0.3)

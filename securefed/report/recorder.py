@@ -76,6 +76,8 @@ class RunRecorder:
         self.ledger_path = run_dir / "privacy.jsonl"
         self.max_epsilon: float | None = None
         self.delta: float | None = None
+        self.user_epsilon: float | None = None
+        self.user_delta: float | None = None
 
     # ------------------------------------------------------------ observer API
     def on_train_round(self, stats: TrainRoundStats) -> None:
@@ -104,23 +106,41 @@ class RunRecorder:
         """
         if "dp-epsilon" not in metrics:
             return
-        row: dict[str, Any] = {"round": server_round, "node": node}
+        row: dict[str, Any] = {"round": server_round, "level": "sample", "node": node}
         for key in ("epsilon", "delta", "noise-multiplier", "clip-norm", "sample-rate",
                     "steps", "total-steps"):
             value = metrics.get(f"dp-{key}")
             row[key.replace("-", "_")] = value
-        with self.ledger_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        self._ledger(row)
         eps = float(metrics["dp-epsilon"])
         self.max_epsilon = eps if self.max_epsilon is None else max(self.max_epsilon, eps)
         self.delta = float(metrics.get("dp-delta", 0.0)) or self.delta
         pending = self._pending.setdefault(server_round, {"round": server_round})
         pending["epsilon"] = self.max_epsilon
 
+    def _ledger(self, row: Mapping[str, Any]) -> None:
+        with self.ledger_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def on_user_privacy(self, server_round: int, row: Mapping[str, Any]) -> None:
+        """Append the server's user-level ledger row of a released round.
+
+        User-level epsilon after the round, delta, noise multiplier ``z`` (and the part
+        on the update under adaptive clipping), clip norm, client sample rate, clients
+        in the aggregate and the fixed denominator.
+        """
+        self._ledger({"round": server_round, "level": "user", **row})
+        self.user_epsilon = float(row["user_epsilon"])
+        self.user_delta = float(row["user_delta"])
+        pending = self._pending.setdefault(server_round, {"round": server_round})
+        pending["user_epsilon"] = self.user_epsilon
+
     def privacy_facts(self) -> dict[str, Any]:
-        """``summary.json``'s privacy keys: the largest sample-level epsilon of any client
-        and delta (``None`` without DP); user-level epsilon is not accounted yet."""
-        return {"epsilon": self.max_epsilon, "delta": self.delta, "user_level_epsilon": None}
+        """``summary.json``'s privacy keys: the largest sample-level epsilon of any client,
+        the user-level epsilon of the released model, and delta (sample-level delta, or
+        the user-level one without DP-SGD); ``None`` where that DP is off."""
+        return {"epsilon": self.max_epsilon, "delta": self.delta or self.user_delta,
+                "user_level_epsilon": self.user_epsilon, "user_level_delta": self.user_delta}
 
     def on_evaluate_round(self, server_round: int, metrics: Mapping[str, float],
                           rejected: Mapping[int, str]) -> None:

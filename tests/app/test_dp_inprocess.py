@@ -10,7 +10,7 @@ from flwr.app import Context, RecordDict
 
 from securefed.app.private_training import load_accountant, run_private_round
 from securefed.config import ExperimentConfig
-from securefed.exceptions import AggregationError, PrivacyBudgetExhausted, PrivacyError
+from securefed.exceptions import PrivacyBudgetExhausted, PrivacyError
 from securefed.methods import create_method
 from securefed.report.recorder import read_metrics
 from tests.app.test_secagg_inprocess import N, _cfg, _run
@@ -48,10 +48,11 @@ def test_budget_refusal_stops_the_run_cleanly(tiny_backbones, tmp_path) -> None:
     after_one = max(r["epsilon"] for r in _ledger(tmp_path / "one"))
     two = _cfg(tiny_backbones["bert"], tmp_path / "two", "bitfit", rounds=2,
                dp={**DP, "noise_multiplier": 1.0, "budget_epsilon": after_one * 1.01})
-    with pytest.raises(AggregationError, match="PrivacyBudgetExhausted"):
-        _run(two, tmp_path / "two")
-    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert summary["status"] == "failed" and "budget" in summary["reason"]
+    summary = _run(two, tmp_path / "two")
+    assert summary == json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["status"] == "stopped" and "PrivacyBudgetExhausted" in summary["reason"]
+    assert summary["reason"].startswith("too few clients within their privacy budget")
+    assert (tmp_path / "two" / "adapter").is_dir()  # the last global adapter is kept
     assert {r["round"] for r in _ledger(tmp_path / "two")} == {1}  # nothing charged twice
 
 

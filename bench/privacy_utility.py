@@ -1,0 +1,207 @@
+"""Privacy–utility points: final accuracy against sample-level epsilon per method.
+
+Federated fine-tuning of the real all-MiniLM-L6-v2 on BBC News (5 topics), 10 clients
+split by a Dirichlet(0.5) label partition, 5 clients a round. Every cell is a whole
+federated run through the securefed ServerApp and ClientApp code (in-process grid, so
+no Ray start-up per cell); with ``epsilon < inf`` every client trains with DP-SGD
+(Abadi et al. 2016, arXiv:1607.00133: Opacus per-sample clipping at C = ``--clip``,
+Poisson sampling), its noise multiplier calibrated so that ``rounds`` rounds of its
+local steps stay within (epsilon, delta) under the named accountant, and each client's
+own accountant charges only the rounds it took part in. ``epsilon = inf`` is the
+non-private run with the same hyper-parameters. The reported epsilon is the largest
+sample-level epsilon any client reached (``summary.json``).
+
+The question it answers (FFA-LoRA, Sun et al. 2024, arXiv:2403.12313): does freezing
+LoRA's ``A`` make LoRA degrade less under DP noise?
+
+Cells are resumable: a cell whose ``summary.json`` exists under ``--out-dir`` is read,
+not rerun. Run::
+
+    .venv/bin/python bench/privacy_utility.py      # all 16 cells (~45 min on 2 cores)
+
+Writes ``bench/results/privacy_utility.json`` and the ``privacy_utility`` section of
+``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the `bench` namespace importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench import _common
+
+__all__ = ["METHODS", "base_config", "main"]
+
+SECTION = "privacy_utility"
+METHODS: dict[str, dict[str, Any]] = {
+    "lora": {"r": 8, "alpha": 16}, "ffa-lora": {"r": 8, "alpha": 16},
+    "bitfit": {}, "federa": {"r": 8, "alpha": 16},
+}
+EPSILONS = (1.0, 3.0, 8.0, math.inf)
+
+
+def base_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The experiment every cell shares (the quickstart, shortened for 16 cells)."""
+    return {
+        "experiment": {"name": "privacy-utility", "seed": args.seed},
+        "model": {"backbone": "minilm-l6", "max_length": 64},
+        "data": {"dataset": "bbc-news", "test_fraction": 0.2, "partitioner": "dirichlet",
+                 "num_clients": 10, "alpha": 0.5, "val_fraction": 0.1},
+        "federation": {"rounds": args.rounds, "clients_per_round": 5, "min_replies": 4,
+                       "evaluate_clients": 0, "central_eval": True},
+        "train": {"local_epochs": args.local_epochs, "batch_size": 16,
+                  "eval_batch_size": 64, "lr": args.lr},
+    }
+
+
+def _cell_config(args: argparse.Namespace, method: str, epsilon: float) -> dict[str, Any]:
+    tree = base_config(args)
+    tree["method"] = {"name": method, **METHODS[method]}
+    if math.isfinite(epsilon):
+        tree["dp"] = {"mode": "sample", "target_epsilon": epsilon, "delta": args.delta,
+                      "max_grad_norm": args.clip, "accountant": args.accountant,
+                      "randomness": "seeded"}
+    return tree
+
+
+def run_cell(args: argparse.Namespace, method: str, epsilon: float) -> dict[str, Any]:
+    """One federated run (or its stored summary); returns the table row."""
+    from securefed.app.launcher import run_inprocess
+    from securefed.config import ExperimentConfig
+
+    label = "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+    run_dir = args.out_dir / f"{method}-eps{label}"
+    summary_path = run_dir / "summary.json"
+    seconds = None
+    if not summary_path.is_file():
+        config = ExperimentConfig.from_dict(_cell_config(args, method, epsilon))
+        started = time.perf_counter()
+        run_inprocess(config, run_dir)
+        seconds = time.perf_counter() - started
+        (run_dir / "bench-seconds.json").write_text(json.dumps({"seconds": seconds}))
+    elif (run_dir / "bench-seconds.json").is_file():
+        seconds = json.loads((run_dir / "bench-seconds.json").read_text())["seconds"]
+    summary = json.loads(summary_path.read_text())
+    sigmas = [json.loads(line)["noise_multiplier"]
+              for line in (run_dir / "privacy.jsonl").read_text().splitlines()
+              if line.strip()] if (run_dir / "privacy.jsonl").is_file() else []
+    return {"method": method, "target_epsilon": None if math.isinf(epsilon) else epsilon,
+            "epsilon": summary.get("epsilon"), "delta": summary.get("delta"),
+            "accountant": args.accountant if math.isfinite(epsilon) else None,
+            "noise_multiplier_max": max(sigmas) if sigmas else None,
+            "final_accuracy": summary.get("final_accuracy"),
+            "status": summary.get("status"), "seconds": seconds}
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    eps_cols = [e for e in report["config"]["epsilons"]]
+    head = ["method", *[f"ε = {'∞' if e is None else f'{e:g}'}" for e in eps_cols],
+            "drop at ε = 1 (points)"]
+    table = []
+    for method in report["config"]["methods"]:
+        cells = {r["target_epsilon"]: r for r in rows if r["method"] == method}
+        accs = [cells.get(e, {}).get("final_accuracy") for e in eps_cols]
+        fmt = ["—" if a is None else f"{a:.3f}" for a in accs]
+        base, low = cells.get(None, {}).get("final_accuracy"), cells.get(1.0, {}).get(
+            "final_accuracy")
+        drop = "—" if base is None or low is None else f"{100 * (base - low):.1f}"
+        table.append([method, *fmt, drop])
+    c = report["config"]
+    verdict = report.get("ffa_vs_lora", "")
+    return "\n".join([
+        f"Final held-out accuracy after {c['rounds']} rounds (10 clients, Dirichlet 0.5, "
+        f"5 a round, {c['local_epochs']} local epoch(s), lr {c['lr']:g}), sample-level "
+        f"DP-SGD at C = {c['clip']:g}, delta = {c['delta']:g}, accountant "
+        f"`{c['accountant']}`; ε is the target each client's sigma was calibrated to "
+        "(the largest ε any client reached is in the JSON).",
+        "",
+        _common.markdown_table(head, table),
+        "",
+        verdict,
+        "",
+        _footer(report["machine"]),
+    ])
+
+
+def _footer(m: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    return (f"*{m['date']}, Python {m['python']}, {versions}, {m['cpu_count']} CPUs "
+            f"({m['platform']}).*")
+
+
+def _verdict(rows: list[dict[str, Any]]) -> str:
+    def acc(method: str, eps: float | None) -> float | None:
+        for r in rows:
+            if r["method"] == method and r["target_epsilon"] == eps:
+                return r["final_accuracy"]
+        return None
+
+    parts = []
+    for eps in (1.0, 3.0, 8.0):
+        lo, lb, fo, fb = acc("lora", eps), acc("lora", None), acc("ffa-lora", eps), acc(
+            "ffa-lora", None)
+        if None in (lo, lb, fo, fb):
+            continue
+        assert lo is not None and lb is not None and fo is not None and fb is not None
+        parts.append(f"ε = {eps:g}: LoRA loses {100 * (lb - lo):.1f} points, "
+                     f"FFA-LoRA {100 * (fb - fo):.1f}")
+    if not parts:
+        return ""
+    return "Degradation from the non-private run: " + "; ".join(parts) + "."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--epsilons", nargs="+", type=float, default=list(EPSILONS))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--clip", type=float, default=1.0)
+    parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--accountant", default="rdp")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", type=Path, default=_common.ROOT / "runs" / "privacy-utility")
+    parser.add_argument("--out", type=Path, default=_common.RESULTS_DIR / "privacy_utility.json")
+    parser.add_argument("--readme", type=Path, default=_common.README_PATH)
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args(argv)
+    rows = []
+    for method in args.methods:
+        for eps in args.epsilons:
+            print(f"cell {method} epsilon={eps:g}", file=sys.stderr, flush=True)
+            rows.append(run_cell(args, method, eps))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    report: dict[str, Any] = {
+        "benchmark": SECTION, "machine": _common.machine_info(),
+        "config": {"methods": args.methods,
+                   "epsilons": [None if math.isinf(e) else e for e in args.epsilons],
+                   "rounds": args.rounds, "local_epochs": args.local_epochs, "lr": args.lr,
+                   "clip": args.clip, "delta": args.delta, "accountant": args.accountant,
+                   "seed": args.seed, "backbone": "minilm-l6", "dataset": "bbc-news",
+                   "num_clients": 10, "dirichlet_alpha": 0.5, "clients_per_round": 5},
+        "rows": rows}
+    report["ffa_vs_lora"] = _verdict(rows)
+    _common.write_json(args.out, report)
+    markdown = _markdown(report)
+    print(markdown)
+    if not args.no_readme:
+        _common.update_readme_section(SECTION, markdown, args.readme)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
