@@ -3,17 +3,18 @@
 For every DP-capable method, one child process per cell trains the real all-MiniLM-L6-v2
 classifier on BBC News (batch 16, sequence 64, AdamW, 2 torch threads) either without DP
 (``plain``: ``securefed.training``'s loop on fixed batches of 16) or with DP-SGD
-(``dp-hooks``: :func:`securefed.privacy.dpsgd.train_private`, Opacus per-sample
-gradients in hooks mode, Poisson sampling with q = 16 / 160 so the expected batch is 16,
-CSPRNG noise). A cell reports the mean seconds per step of one call of ``--steps``
-steps after a warm-up call (optimizer and Opacus set-up amortised alike), and its memory;
+(``dp-hooks`` / ``dp-ghost``: :func:`securefed.privacy.dpsgd.train_private` with
+Opacus per-sample gradients, or with ghost clipping, Poisson sampling with q = 16 / 160
+so the expected batch is 16, CSPRNG noise). A cell reports the mean seconds per step
+of one call of ``--steps`` steps after a warm-up call (optimizer and Opacus set-up
+amortised alike), and its memory;
 ``--repeats`` cells per mode run interleaved and the medians are reported:
 the process's peak RSS, and the training increment (peak minus the RSS after the model
-and data were loaded). Cells of one method run back to back, alternating the order per
+and data were loaded). Cells of one method run back to back, rotating the order per
 repeat, so that ratios compare like with like on this noisy machine.
 
 Goal (issue 4): ``lora`` and ``bitfit`` with DP within 1.3x the time and memory of the
-non-private step. Opacus's ghost clipping is not wired in yet.
+non-private step, in hooks and in ghost mode.
 
 Run: ``.venv/bin/python bench/dp.py`` (writes ``bench/results/dp.json`` and the ``dp``
 section of ``bench/README.md``).
@@ -46,7 +47,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "lora": {"r": 8}, "ffa-lora": {"r": 8}, "federa": {"r": 8}, "bitfit": {},
     "head": {}, "adapter": {}, "prefix": {}, "full": {"freeze_embeddings": True},
 }
-MODES = ("plain", "dp-hooks")
+MODES = ("plain", "dp-hooks", "dp-ghost")
 GOAL_METHODS, GOAL_RATIO = ("lora", "bitfit"), 1.3
 BATCH, SEQ, POOL = 16, 64, 160
 SECTION = "dp"
@@ -90,7 +91,7 @@ def run_cell(method: str, mode: str, steps: int, warmup: int) -> dict[str, Any]:
         else:
             train_private(model, split.inputs, split.labels, lr=1e-3, noise_multiplier=1.0,
                           max_grad_norm=1.0, expected_batch_size=BATCH, steps=count,
-                          source=SecureSource())
+                          source=SecureSource(), clipping=mode.removeprefix("dp-"))
         return (time.perf_counter() - start) / count
 
     if warmup:
@@ -119,40 +120,52 @@ def _median_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _ratios(plain: dict[str, Any], dp: dict[str, Any]) -> tuple[float, float | None]:
+    t = dp["step_seconds"] / plain["step_seconds"]
+    m = dp["train_rss_gb"] / plain["train_rss_gb"] if plain["train_rss_gb"] else None
+    return t, m
+
+
+def _x(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
 def _markdown(report: dict[str, Any]) -> str:
     rows, goal_rows = [], []
     for method, cells in report["methods"].items():
-        plain, dp = cells["plain"], cells["dp-hooks"]
-        t_ratio = dp["step_seconds"] / plain["step_seconds"]
-        m_ratio = dp["train_rss_gb"] / plain["train_rss_gb"] if plain["train_rss_gb"] else None
-        rows.append([method, f"{plain['step_seconds']:.3f}", f"{dp['step_seconds']:.3f}",
-                     f"{t_ratio:.2f}x", f"{plain['peak_rss_gb']:.2f}",
-                     f"{dp['peak_rss_gb']:.2f}", f"{plain['train_rss_gb']:.3f}",
-                     f"{dp['train_rss_gb']:.3f}",
-                     "–" if m_ratio is None else f"{m_ratio:.2f}x"])
-        if method in GOAL_METHODS:
-            ok = t_ratio <= GOAL_RATIO and (m_ratio or 0) <= GOAL_RATIO
-            goal_rows.append([method, f"{t_ratio:.2f}x",
-                              "–" if m_ratio is None else f"{m_ratio:.2f}x",
-                              "pass" if ok else "**FAIL**"])
+        plain = cells["plain"]
+        row = [method, f"{plain['step_seconds']:.3f}", f"{plain['train_rss_gb']:.3f}"]
+        for mode in MODES[1:]:
+            dp = cells[mode]
+            t_ratio, m_ratio = _ratios(plain, dp)
+            row += [f"{dp['step_seconds']:.3f}", _x(t_ratio), f"{dp['train_rss_gb']:.3f}",
+                    _x(m_ratio)]
+            if method in GOAL_METHODS:
+                ok = t_ratio <= GOAL_RATIO and (m_ratio or 0) <= GOAL_RATIO
+                goal_rows.append([method, mode, _x(t_ratio), _x(m_ratio),
+                                  "pass" if ok else "**FAIL**"])
+        rows.append(row)
     cfg = report["config"]
     lines = [
         "### DP-SGD cost per method (`bench/dp.py`)", "",
         f"all-MiniLM-L6-v2 on BBC News, batch {cfg['batch']}, sequence {cfg['seq']}, AdamW, "
-        "2 torch threads, one process per cell. *plain*: the non-private loop; *dp-hooks*: "
-        "`train_private` (Opacus per-sample gradients in hooks mode, clipping C = 1, "
-        f"sigma = 1, Poisson sampling with expected batch {cfg['batch']}, CSPRNG noise). "
-        f"Per cell: the mean over one call of {cfg['steps']} steps after a warm-up call of "
-        f"{cfg['warmup']}; the table shows the median of {cfg.get('repeats', 1)} cells per "
-        "mode, run interleaved. *peak RSS*: "
-        "the whole process; *training RSS*: peak minus the RSS after loading model and "
-        "data (what training adds). Ghost clipping is not wired in yet.", "",
+        "2 torch threads, one process per cell. *plain*: the non-private loop; *hooks*: "
+        "`train_private(clipping=\"hooks\")` (Opacus per-sample gradients); *ghost*: "
+        "`train_private(clipping=\"ghost\")` (Opacus ghost clipping: per-sample gradient "
+        "norms and a second backward pass, the `[dp] clipping` default); both with clipping "
+        f"C = 1, sigma = 1, Poisson sampling with expected batch {cfg['batch']}, CSPRNG "
+        f"noise. Per cell: the mean over one call of {cfg['steps']} steps after a warm-up "
+        f"call of {cfg['warmup']}; the table shows the median of {cfg.get('repeats', 1)} "
+        "cells per mode, run interleaved in rotating order. *training GB*: peak RSS minus "
+        "the RSS after loading model and data (what training adds; peak RSS is in the "
+        "JSON).", "",
         _common.markdown_table(
-            ["method", "plain s/step", "DP s/step", "time ×", "plain peak GB",
-             "DP peak GB", "plain training GB", "DP training GB", "memory ×"], rows,
-            "lrrrrrrrr"), "",
+            ["method", "plain s/step", "plain training GB", "hooks s/step", "time ×",
+             "hooks training GB", "memory ×", "ghost s/step", "time ×",
+             "ghost training GB", "memory ×"], rows, "lrrrrrrrrrr"), "",
         f"Goal: `lora` and `bitfit` within {GOAL_RATIO}x time and training memory:", "",
-        _common.markdown_table(["method", "time ×", "memory ×", "goal"], goal_rows, "lrrl"),
+        _common.markdown_table(["method", "mode", "time ×", "memory ×", "goal"], goal_rows,
+                               "llrrl"),
         "", _footer(report["machine"]),
     ]
     return "\n".join(lines)
@@ -189,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for method in args.methods:
         runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
         for r in range(args.repeats):
-            for mode in MODES if r % 2 == 0 else tuple(reversed(MODES)):
+            for mode in MODES[r % len(MODES):] + MODES[:r % len(MODES)]:  # rotate order
                 print(f"measuring {method} {mode} ({r + 1}/{args.repeats})", file=sys.stderr)
                 runs[mode].append(_child(method, mode, args.steps, args.warmup))
         report["methods"][method] = {mode: _median_cell(cells) for mode, cells in runs.items()}

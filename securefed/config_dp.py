@@ -12,6 +12,8 @@
     accountant = "rdp"       # "rdp" | "prv" | "gdp" | "pld"
     budget_epsilon = 0.0     # a client refuses a round that would exceed it (0: target)
     randomness = "secure"    # "secure" (OS CSPRNG, no seed) | "seeded" (experiment seed)
+    clipping = "ghost"       # "ghost" (Opacus ghost clipping: per-sample norms, less
+                             # memory) | "hooks" (Opacus per-sample gradients)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ DP_MODES = ("none", "sample")
 """Valid ``[dp] mode`` values."""
 
 _RANDOMNESS = ("secure", "seeded")
+_CLIPPING = ("ghost", "hooks")  # securefed.privacy.dpsgd.CLIPPING_MODES (no torch here)
 
 
 def _need(cond: bool, key: str, value: object, need: str) -> None:
@@ -46,6 +49,7 @@ class DPConfig:
     accountant: str = "rdp"
     budget_epsilon: float = 0.0
     randomness: str = "secure"
+    clipping: str = "ghost"
 
     def __post_init__(self) -> None:
         if self.mode not in DP_MODES:
@@ -61,6 +65,8 @@ class DPConfig:
               ">= 0 (0 = target_epsilon)")
         _need(self.randomness in _RANDOMNESS, "randomness", self.randomness,
               f"must be one of {', '.join(_RANDOMNESS)}")
+        _need(self.clipping in _CLIPPING, "clipping", self.clipping,
+              f"must be one of {', '.join(_CLIPPING)}")
         from securefed.privacy.accountants import ACCOUNTANTS
 
         ACCOUNTANTS.get(self.accountant)  # UnknownNameError listing the accountants

@@ -163,7 +163,7 @@ def run_private_round(config: ExperimentConfig, context: Context, partition: int
                            noise_multiplier=plan.noise_multiplier,
                            max_grad_norm=dp.max_grad_norm,
                            expected_batch_size=config.train.batch_size, steps=plan.steps,
-                           source=source)
+                           source=source, clipping=dp.clipping)
     accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
                     num_steps=plan.steps)
     save_accountant(context, accountant, partition)

@@ -8,7 +8,11 @@ then composes ``steps`` Poisson-subsampled Gaussian mechanisms with
 ``(sigma, q)`` (``securefed.privacy.accountants``).
 
 Opacus (Yousefpour et al. 2021, arXiv:2109.12298) computes the per-sample gradients
-(``GradSampleModule``) and clips them (``DPOptimizer``); the noise comes from a
+(``GradSampleModule``) and clips them (``DPOptimizer``), or, in ``ghost`` mode, computes
+only the per-sample gradient **norms** and takes a second backward pass on the
+norm-weighted loss (ghost clipping: Li et al. 2022, arXiv:2110.05679; Bu et al. 2023,
+arXiv:2210.00038), which never materialises a ``[B, *param]`` gradient tensor and so
+saves memory. Both give the same clipped sum. The noise comes from a
 :class:`~securefed.privacy.noise.RandomSource` instead of torch's generator, so that
 production runs use the OS CSPRNG. A step whose Poisson sample is empty still adds the
 noise (the analysis assumes noise at every step). The model is unwrapped after
@@ -27,23 +31,33 @@ from typing import Any
 import numpy as np
 import torch
 from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
 
 from securefed.exceptions import ConfigError
 from securefed.privacy.noise import RandomSource
 from securefed.training import trainable
 
-__all__ = ["PrivateTrainResult", "SourceNoiseDPOptimizer", "steps_per_epoch", "train_private"]
+__all__ = ["CLIPPING_MODES", "PrivateTrainResult", "SourceNoiseDPOptimizer",
+           "SourceNoiseGhostDPOptimizer", "steps_per_epoch", "train_private"]
+
+#: Per-sample clipping implementations: Opacus hooks (per-sample gradients) or ghost
+#: clipping (per-sample norms, two backward passes).
+CLIPPING_MODES = ("hooks", "ghost")
 
 
-class SourceNoiseDPOptimizer(DPOptimizer):
-    """Opacus's ``DPOptimizer`` with its Gaussian noise drawn from a :class:`RandomSource`."""
+class _SourceNoise:
+    """Draw the optimizer's Gaussian noise from a :class:`RandomSource` (mixin)."""
 
-    def __init__(self, *args: Any, source: RandomSource, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.source = source
+    noise_multiplier: float
+    max_grad_norm: float
+    expected_batch_size: int
+    params: list[Any]  # Opacus adds summed_grad to each parameter
+    original_optimizer: torch.optim.Optimizer
+    source: RandomSource
 
     def _noise_like(self, reference: torch.Tensor) -> torch.Tensor:
         std = self.noise_multiplier * self.max_grad_norm
@@ -63,6 +77,22 @@ class SourceNoiseDPOptimizer(DPOptimizer):
         for p in self.params:
             p.grad = self._noise_like(p.data) / float(self.expected_batch_size)
         self.original_optimizer.step()
+
+
+class SourceNoiseDPOptimizer(_SourceNoise, DPOptimizer):
+    """Opacus's ``DPOptimizer`` with its Gaussian noise drawn from a :class:`RandomSource`."""
+
+    def __init__(self, *args: Any, source: RandomSource, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.source = source
+
+
+class SourceNoiseGhostDPOptimizer(_SourceNoise, DPOptimizerFastGradientClipping):
+    """Opacus's ghost-clipping optimizer with noise from a :class:`RandomSource`."""
+
+    def __init__(self, *args: Any, source: RandomSource, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.source = source
 
 
 @dataclass(frozen=True)
@@ -105,6 +135,7 @@ def train_private(
     steps: int,
     source: RandomSource,
     weight_decay: float = 0.0,
+    clipping: str = "hooks",
 ) -> PrivateTrainResult:
     """Run ``steps`` DP-SGD steps (AdamW on the privatised gradient) on one client's data.
 
@@ -123,11 +154,14 @@ def train_private(
     source : RandomSource
         Poisson sampling and noise; :class:`~securefed.privacy.noise.SecureSource` in
         production.
+    clipping : {"hooks", "ghost"}
+        Opacus per-sample gradients, or ghost clipping (same clipped sum, less memory).
 
     Raises
     ------
     ConfigError
-        On a non-positive ``C``, ``B`` or ``steps``, a negative ``sigma``, or no data.
+        On a non-positive ``C``, ``B`` or ``steps``, a negative ``sigma``, no data, or an
+        unknown ``clipping``.
     FloatingPointError
         If the loss becomes NaN or Inf.
     """
@@ -141,13 +175,28 @@ def train_private(
     params = trainable(model)
     if not params:
         raise ConfigError("the model has no trainable parameters")
+    if clipping not in CLIPPING_MODES:
+        raise ConfigError(f"unknown DP-SGD clipping {clipping!r}; valid: "
+                          f"{', '.join(CLIPPING_MODES)}")
     q = min(1.0, expected_batch_size / n)
     model.train()
-    wrapped = GradSampleModule(model)
-    optimizer = SourceNoiseDPOptimizer(
-        torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
-        noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-        expected_batch_size=expected_batch_size, source=source)
+    base = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    dp_args: dict[str, Any] = {"noise_multiplier": noise_multiplier,
+                               "max_grad_norm": max_grad_norm,
+                               "expected_batch_size": expected_batch_size, "source": source}
+    wrapped: GradSampleModule | GradSampleModuleFastGradientClipping
+    optimizer: SourceNoiseDPOptimizer | SourceNoiseGhostDPOptimizer
+    if clipping == "ghost":
+        wrapped = GradSampleModuleFastGradientClipping(
+            model, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm,
+            use_ghost_clipping=True)
+        optimizer = SourceNoiseGhostDPOptimizer(base, loss_reduction="mean", **dp_args)
+        criterion: Any = DPLossFastGradientClipping(wrapped, optimizer, nn.CrossEntropyLoss(),
+                                                    loss_reduction="mean")
+    else:
+        wrapped = GradSampleModule(model)
+        optimizer = SourceNoiseDPOptimizer(base, **dp_args)
+        criterion = nn.CrossEntropyLoss()
     start = time.perf_counter()
     seen = correct = empty = 0
     loss_sum = 0.0
@@ -161,7 +210,7 @@ def train_private(
                 continue
             batch = _batch(inputs, labels, idx)
             logits = wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            loss = nn.functional.cross_entropy(logits, batch["labels"], reduction="mean")
+            loss = criterion(logits, batch["labels"])
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"non-finite training loss at DP step {step}")
             loss.backward()
@@ -174,7 +223,7 @@ def train_private(
         wrapped.remove_hooks()  # the cached model stays a plain module
         wrapped._close()
         for p in params:
-            for attr in ("grad_sample", "summed_grad", "_forward_counter"):
+            for attr in ("grad_sample", "summed_grad", "_forward_counter", "_norm_sample"):
                 if hasattr(p, attr):
                     delattr(p, attr)
     return PrivateTrainResult(

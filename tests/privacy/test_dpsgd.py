@@ -142,3 +142,34 @@ def test_invalid_settings_are_config_errors() -> None:
         with pytest.raises(ConfigError):
             train_private(model, *_data(backbone, 8), **args)
     assert steps_per_epoch(100, 16) == 7 and steps_per_epoch(3, 16) == 1
+
+
+@pytest.mark.parametrize("name", ["lora", "bitfit"])
+def test_ghost_clipping_matches_per_sample_hooks(name) -> None:
+    """Ghost clipping (norms + second backward) gives Opacus hooks' clipped sum: with the
+    same Poisson samples and no noise, a few AdamW steps land on the same adapter, and
+    the clipping bound really binds (a bound of 1e-3 changes the result)."""
+    backbone = Backbone("bert")
+    inputs, labels = _data(backbone, 24)
+    finals = {}
+    for mode, clip in (("hooks", 1e-3), ("ghost", 1e-3), ("ghost", 1e3)):
+        model, method = _lora(backbone, name)
+        train_private(model, inputs, labels, lr=1e-2, noise_multiplier=0.0, max_grad_norm=clip,
+                      expected_batch_size=8, steps=3, source=make_source("seeded", 5),
+                      clipping=mode)
+        finals[mode, clip] = method.payload(model)
+        assert not any(hasattr(p, "_norm_sample") for p in model.parameters())
+    for key, value in finals["hooks", 1e-3].items():
+        np.testing.assert_allclose(finals["ghost", 1e-3][key], value, rtol=1e-4, atol=1e-6)
+    assert any(not np.allclose(finals["ghost", 1e3][k], v, atol=1e-6)
+               for k, v in finals["ghost", 1e-3].items())
+
+
+def test_unknown_clipping_mode_is_a_config_error() -> None:
+    backbone = Backbone("bert")
+    model, _ = _lora(backbone, "bitfit")
+    inputs, labels = _data(backbone, 4)
+    with pytest.raises(ConfigError, match="hooks, ghost"):
+        train_private(model, inputs, labels, lr=1e-2, noise_multiplier=1.0, max_grad_norm=1.0,
+                      expected_batch_size=2, steps=1, source=make_source("seeded", 0),
+                      clipping="fast")
