@@ -33,10 +33,12 @@ __all__ = [
     "RESULTS_DIR",
     "ROOT",
     "MarkerError",
+    "footer",
     "machine_info",
     "markdown_table",
     "marker_names",
     "median_seconds",
+    "publish",
     "replace_marker_section",
     "update_readme_section",
     "write_json",
@@ -267,3 +269,20 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[
         fn()
         samples.append(time.perf_counter() - t0)
     return statistics.median(samples), samples
+
+
+def footer(machine: Mapping[str, Any]) -> str:
+    """The italic provenance line under a benchmark table (date, versions, CPUs)."""
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+    return (f"*{machine['date']}, Python {machine['python']}, {versions}, "
+            f"{machine['cpu_count']} CPUs ({machine['platform']}).*")
+
+
+def publish(section: str, report: Mapping[str, Any], markdown: str, out: Path,
+            readme: Path | None) -> None:
+    """Write ``report`` to ``out``, print ``markdown`` and put it in ``readme``'s section
+    (``readme=None``: leave the README alone)."""
+    write_json(out, report)
+    print(markdown)
+    if readme is not None:
+        update_readme_section(section, markdown, readme)

@@ -166,15 +166,9 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Goal: `lora` and `bitfit` within {GOAL_RATIO}x time and training memory:", "",
         _common.markdown_table(["method", "mode", "time ×", "memory ×", "goal"], goal_rows,
                                "llrrl"),
-        "", _footer(report["machine"]),
+        "", _common.footer(report["machine"]),
     ]
     return "\n".join(lines)
-
-
-def _footer(m: dict[str, Any]) -> str:
-    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    return (f"*{m['date']}, Python {m['python']}, {versions}, {m['cpu_count']} CPUs "
-            f"({m['platform']}).*")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,11 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"measuring {method} {mode} ({r + 1}/{args.repeats})", file=sys.stderr)
                 runs[mode].append(_child(method, mode, args.steps, args.warmup))
         report["methods"][method] = {mode: _median_cell(cells) for mode, cells in runs.items()}
-    _common.write_json(args.out, report)
-    markdown = _markdown(report)
-    print(markdown)
-    if not args.no_readme:
-        _common.update_readme_section(SECTION, markdown, args.readme)
+    _common.publish(SECTION, report, _markdown(report), args.out,
+                    None if args.no_readme else args.readme)
     return 0
 
 

@@ -131,14 +131,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         verdict,
         "",
-        _footer(report["machine"]),
+        _common.footer(report["machine"]),
     ])
-
-
-def _footer(m: dict[str, Any]) -> str:
-    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    return (f"*{m['date']}, Python {m['python']}, {versions}, {m['cpu_count']} CPUs "
-            f"({m['platform']}).*")
 
 
 def _verdict(rows: list[dict[str, Any]]) -> str:
@@ -195,11 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "num_clients": 10, "dirichlet_alpha": 0.5, "clients_per_round": 5},
         "rows": rows}
     report["ffa_vs_lora"] = _verdict(rows)
-    _common.write_json(args.out, report)
-    markdown = _markdown(report)
-    print(markdown)
-    if not args.no_readme:
-        _common.update_readme_section(SECTION, markdown, args.readme)
+    _common.publish(SECTION, report, _markdown(report), args.out,
+                    None if args.no_readme else args.readme)
     return 0
 
 

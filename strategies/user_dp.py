@@ -341,70 +341,61 @@ class _UserLevelDP:
         return payload_to_record(out)
 
 
-class ServerSideFixedClipping(_UserLevelDP, DifferentialPrivacyServerSideFixedClipping):
+class _Fixed(_UserLevelDP):
+    """Fixed clipping norm ``C``."""
+
+    def __init__(self, strategy: Strategy, settings: UserDPSettings, *, noise_multiplier: float,
+                 clipping_norm: float, expected_clients: int) -> None:
+        super().__init__(strategy, noise_multiplier, clipping_norm,  # type: ignore[call-arg]
+                         expected_clients)
+        self._init_user_dp(settings, noise_multiplier)
+
+
+class _Adaptive(_UserLevelDP):
+    """Adaptive clipping norm (Andrew et al. 2021); ``z`` split between update and count."""
+
+    adaptive = True
+
+    def __init__(self, strategy: Strategy, settings: UserDPSettings, *, noise_multiplier: float,
+                 clipping_norm: float, expected_clients: int, target_quantile: float = 0.5,
+                 clip_learning_rate: float = 0.2,
+                 clipped_count_stddev: float | None = None) -> None:
+        if clipped_count_stddev is None:
+            clipped_count_stddev = expected_clients / 20
+        if noise_multiplier > 0 and noise_multiplier >= 2 * clipped_count_stddev:
+            raise ConfigError(
+                f"adaptive clipping needs noise_multiplier z < 2 * clipped_count_stddev "
+                f"(z = {noise_multiplier:.4g}, sigma_b = {clipped_count_stddev:.4g}; Andrew "
+                "et al. 2021, Thm 1): raise [user_dp] clipped_count_stddev or use fixed "
+                "clipping")
+        super().__init__(strategy, noise_multiplier, expected_clients,  # type: ignore[call-arg]
+                         clipping_norm, target_quantile, clip_learning_rate,
+                         clipped_count_stddev)
+        self._init_user_dp(settings, noise_multiplier)
+
+
+class ServerSideFixedClipping(_Fixed, DifferentialPrivacyServerSideFixedClipping):
     """Server clips each update to ``C`` (plaintext aggregation only)."""
 
     server_side, name = True, "server-fixed"
 
-    def __init__(self, strategy: Strategy, settings: UserDPSettings, *, noise_multiplier: float,
-                 clipping_norm: float, expected_clients: int) -> None:
-        super().__init__(strategy, noise_multiplier, clipping_norm, expected_clients)
-        self._init_user_dp(settings, noise_multiplier)
 
-
-class ClientSideFixedClipping(_UserLevelDP, DifferentialPrivacyClientSideFixedClipping):
+class ClientSideFixedClipping(_Fixed, DifferentialPrivacyClientSideFixedClipping):
     """Clients clip (``clipping_mod``); works under secure aggregation."""
 
     name = "client-fixed"
 
-    def __init__(self, strategy: Strategy, settings: UserDPSettings, *, noise_multiplier: float,
-                 clipping_norm: float, expected_clients: int) -> None:
-        super().__init__(strategy, noise_multiplier, clipping_norm, expected_clients)
-        self._init_user_dp(settings, noise_multiplier)
 
-
-def _adaptive_args(noise_multiplier: float, expected_clients: int, clipping_norm: float,
-                   target_quantile: float, clip_learning_rate: float,
-                   clipped_count_stddev: float | None) -> tuple[Any, ...]:
-    if clipped_count_stddev is None:
-        clipped_count_stddev = expected_clients / 20
-    if noise_multiplier > 0 and noise_multiplier >= 2 * clipped_count_stddev:
-        raise ConfigError(
-            f"adaptive clipping needs noise_multiplier z < 2 * clipped_count_stddev "
-            f"(z = {noise_multiplier:.4g}, sigma_b = {clipped_count_stddev:.4g}; Andrew et al. "
-            "2021, Thm 1): raise [user_dp] clipped_count_stddev or use fixed clipping")
-    return (noise_multiplier, expected_clients, clipping_norm, target_quantile,
-            clip_learning_rate, clipped_count_stddev)
-
-
-class ServerSideAdaptiveClipping(_UserLevelDP, DifferentialPrivacyServerSideAdaptiveClipping):
+class ServerSideAdaptiveClipping(_Adaptive, DifferentialPrivacyServerSideAdaptiveClipping):
     """Server clips to an adaptive ``C`` (plaintext aggregation only)."""
 
-    server_side, adaptive, name = True, True, "server-adaptive"
-
-    def __init__(self, strategy: Strategy, settings: UserDPSettings, *, noise_multiplier: float,
-                 clipping_norm: float, expected_clients: int, target_quantile: float = 0.5,
-                 clip_learning_rate: float = 0.2,
-                 clipped_count_stddev: float | None = None) -> None:
-        super().__init__(strategy, *_adaptive_args(noise_multiplier, expected_clients,
-                                                   clipping_norm, target_quantile,
-                                                   clip_learning_rate, clipped_count_stddev))
-        self._init_user_dp(settings, noise_multiplier)
+    server_side, name = True, "server-adaptive"
 
 
-class ClientSideAdaptiveClipping(_UserLevelDP, DifferentialPrivacyClientSideAdaptiveClipping):
+class ClientSideAdaptiveClipping(_Adaptive, DifferentialPrivacyClientSideAdaptiveClipping):
     """Clients clip to an adaptive ``C`` and report their bit (plaintext only)."""
 
-    adaptive, name = True, "client-adaptive"
-
-    def __init__(self, strategy: Strategy, settings: UserDPSettings, *, noise_multiplier: float,
-                 clipping_norm: float, expected_clients: int, target_quantile: float = 0.5,
-                 clip_learning_rate: float = 0.2,
-                 clipped_count_stddev: float | None = None) -> None:
-        super().__init__(strategy, *_adaptive_args(noise_multiplier, expected_clients,
-                                                   clipping_norm, target_quantile,
-                                                   clip_learning_rate, clipped_count_stddev))
-        self._init_user_dp(settings, noise_multiplier)
+    name = "client-adaptive"
 
 
 #: ``[user_dp] clipping`` -> wrapper class.

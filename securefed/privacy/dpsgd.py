@@ -115,6 +115,20 @@ def steps_per_epoch(num_examples: int, expected_batch_size: int) -> int:
     return max(1, math.ceil(num_examples / expected_batch_size))
 
 
+def _contiguous_inputs(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _embedding_prehooks(model: nn.Module) -> list[Any]:
+    """Make trainable embeddings' index inputs contiguous (ghost mode).
+
+    Opacus 1.6's ghost norm of ``nn.Embedding`` calls ``input_ids.view(-1, 1)``, which
+    fails on the expanded (non-contiguous) prompt-token indices of prompt and prefix
+    tuning; a forward pre-hook hands the module a contiguous copy instead."""
+    return [m.register_forward_pre_hook(_contiguous_inputs) for m in model.modules()
+            if isinstance(m, nn.Embedding) and m.weight.requires_grad]
+
+
 def _batch(inputs: Mapping[str, torch.Tensor], labels: torch.Tensor,
            idx: np.ndarray) -> dict[str, torch.Tensor]:
     index = torch.from_numpy(idx.astype(np.int64))
@@ -186,6 +200,7 @@ def train_private(
                                "expected_batch_size": expected_batch_size, "source": source}
     wrapped: GradSampleModule | GradSampleModuleFastGradientClipping
     optimizer: SourceNoiseDPOptimizer | SourceNoiseGhostDPOptimizer
+    prehooks = _embedding_prehooks(model) if clipping == "ghost" else []
     if clipping == "ghost":
         wrapped = GradSampleModuleFastGradientClipping(
             model, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm,
@@ -221,6 +236,8 @@ def train_private(
     finally:
         optimizer.zero_grad(set_to_none=True)
         wrapped.remove_hooks()  # the cached model stays a plain module
+        for handle in prehooks:
+            handle.remove()
         wrapped._close()
         for p in params:
             for attr in ("grad_sample", "summed_grad", "_forward_counter", "_norm_sample"):

@@ -116,14 +116,24 @@ def test_ctrl_c_stops_every_flower_process(tiny_backbones, tmp_path) -> None:
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
 
 
-@pytest.mark.parametrize("mode", ["secagg", "ckks"])
-def test_secure_modes_on_flower_simulation_engine(tiny_backbones, tmp_path, mode) -> None:
-    """SecAgg+ and CKKS through `flwr run` on the simulation engine (Ray workers keep
-    each node's Context between the protocol's stages)."""
+#: The whole privacy stack: DP-SGD clients, client-side clipping inside SecAgg+ masking,
+#: user-level noise and accounting on the server.
+PRIVATE = {"dp": {"mode": "sample", "randomness": "seeded"},
+           "user_dp": {"clipping": "client-fixed", "noise_multiplier": 0.5, "delta": 1e-2,
+                       "sampling": "fixed", "target_epsilon": 100.0, "randomness": "seeded"}}
+
+
+@pytest.mark.parametrize(("mode", "tables"), [("secagg", PRIVATE), ("ckks", {})])
+def test_secure_modes_on_flower_simulation_engine(tiny_backbones, tmp_path, mode,
+                                                  tables) -> None:
+    """SecAgg+ (with DP-SGD and user-level DP) and CKKS through `flwr run` on the
+    simulation engine (Ray workers keep each node's Context between protocol stages)."""
     cfg = tiny_config(tiny_backbones["bert"], tmp_path / "run", method_name="ffa-lora",
-                      rounds=2, num_clients=3, per_round=3, secure={"mode": mode})
+                      rounds=2, num_clients=3, per_round=3, secure={"mode": mode}, **tables)
     summary = run_simulation(cfg, tmp_path / "run", num_cpus=1, timeout_s=300)
     assert summary["status"] == "completed" and summary["secure_mode"] == mode
+    if tables:
+        assert summary["epsilon"] > 0 and summary["user_level_epsilon"] > 0
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")[1:]
     assert len(rows) == 2 and all(len(r["clients"]) == 3 for r in rows)
     assert all(r["secure"]["secure"] in ("secagg+", "ckks") for r in rows)

@@ -17,7 +17,7 @@ from securefed.exceptions import ConfigError, PrivacyError
 from securefed.privacy.accountants import create_accountant
 from securefed.report.recorder import read_metrics
 from tests.app.conftest import tiny_config
-from tests.app.test_secagg_inprocess import N, _cfg, _drop_at, _run
+from tests.app.test_secagg_inprocess import N, _cfg, _close, _drop_at, _final, _run
 
 USER = {"clipping": "server-fixed", "noise_multiplier": 0.8, "clipping_norm": 0.5,
         "randomness": "seeded", "sampling": "fixed", "delta": 1e-3, "target_epsilon": 100.0}
@@ -45,13 +45,23 @@ def test_server_side_user_dp_grows_epsilon_with_rounds(tiny_backbones, tmp_path)
     assert (tmp_path / "epsilon.png").is_file()
 
 
-def test_client_clipping_under_secagg_with_dp_sgd(tiny_backbones, tmp_path) -> None:
-    cfg = _cfg(tiny_backbones["bert"], tmp_path, "ffa-lora", rounds=2,
-               user_dp={**USER, "clipping": "client-fixed"}, secure={"mode": "secagg"},
-               dp={"mode": "sample", "randomness": "seeded", "target_epsilon": 8.0})
-    summary = _run(cfg, tmp_path)
-    assert summary["status"] == "completed" and summary["secure_mode"] == "secagg"
-    assert len(_rows(tmp_path, "user")) == 2 and len(_rows(tmp_path, "sample")) == 2 * N
+@pytest.mark.parametrize("mode", ["secagg", "ckks"])
+def test_client_clipping_under_masking_equals_plaintext(tiny_backbones, tmp_path,
+                                                        mode) -> None:
+    """Clients clip inside the masking mods: with DP-SGD on the clients too, the
+    released adapter under SecAgg+ / CKKS is the plaintext one (same seeded noise)."""
+    tables = {"user_dp": {**USER, "clipping": "client-fixed"},
+              "dp": {"mode": "sample", "randomness": "seeded", "target_epsilon": 8.0}}
+    plain = _cfg(tiny_backbones["bert"], tmp_path / "plain", "ffa-lora", rounds=2, **tables)
+    _run(plain, tmp_path / "plain")
+    expected = _final(plain)
+    cfg = _cfg(tiny_backbones["bert"], tmp_path / mode, "ffa-lora", rounds=2,
+               secure={"mode": mode, "clipping_range": 2.0}, **tables)
+    summary = _run(cfg, tmp_path / mode)
+    assert summary["status"] == "completed" and summary["secure_mode"] == mode
+    _close(_final(cfg), expected, atol=1e-4)
+    assert len(_rows(tmp_path / mode, "user")) == 2
+    assert len(_rows(tmp_path / mode, "sample")) == 2 * N
     assert 0 < summary["epsilon"] <= 8.0 and summary["user_level_epsilon"] > 0
 
 

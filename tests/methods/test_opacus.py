@@ -1,4 +1,4 @@
-"""Opacus per-sample gradients reach every trainable tensor of each method.
+"""Opacus per-sample gradients reach every trainable tensor of each method (hooks and ghost).
 
 DP-SGD needs a per-sample gradient for every trainable parameter. The in-house modules
 (adapters, visual prompts, image prefixes) are plain ``nn.Linear`` / ``nn.Embedding``
@@ -64,3 +64,28 @@ def test_opacus_per_sample_gradients(name: str, model_type: str, params: dict) -
 @pytest.mark.parametrize(("name", "model_type", "params"), KNOWN_BAD, ids=lambda v: str(v))
 def test_opacus_known_incompatible(name: str, model_type: str, params: dict) -> None:
     _per_sample_grads(name, model_type, params)
+
+
+@pytest.mark.parametrize(("name", "model_type", "params"), OK, ids=lambda v: str(v))
+def test_ghost_clipping_equals_hooks_for_every_method(name: str, model_type: str,
+                                                      params: dict) -> None:
+    """Opacus ghost clipping (per-sample norms, second backward) gives the same clipped
+    update as per-sample gradients for every DP-capable method (no noise, same Poisson
+    samples, a clipping bound that binds)."""
+    import numpy as np
+
+    from securefed.privacy.dpsgd import train_private
+    from securefed.privacy.noise import make_source
+
+    backbone = Backbone(model_type)
+    inputs, labels = backbone.inputs(8), backbone.labels(8)
+    out = {}
+    for mode in ("hooks", "ghost"):
+        method = create_method(name, **params)
+        model = method.apply(backbone.model(), backbone.arch, seed=0)
+        train_private(model, inputs, labels, lr=1e-2, noise_multiplier=0.0,
+                      max_grad_norm=1e-3, expected_batch_size=4, steps=2,
+                      source=make_source("seeded", 3), clipping=mode)
+        out[mode] = method.payload(model)
+    for key, value in out["hooks"].items():
+        np.testing.assert_allclose(out["ghost"][key], value, rtol=1e-4, atol=1e-6, err_msg=key)
