@@ -14,8 +14,8 @@ sample-level epsilon any client reached (``summary.json``).
 The question it answers (FFA-LoRA, Sun et al. 2024, arXiv:2403.12313): does freezing
 LoRA's ``A`` make LoRA degrade less under DP noise?
 
-Cells are resumable: a cell whose ``summary.json`` exists under ``--out-dir`` is read,
-not rerun. Run::
+Cells are resumable: a cell whose ``summary.json`` exists under
+``--out-dir/<hyper-parameter tag>/`` is read, not rerun. Run::
 
     .venv/bin/python bench/privacy_utility.py      # all 16 cells (~45 min on 2 cores)
 
@@ -60,7 +60,7 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
                  "num_clients": 10, "alpha": 0.5, "val_fraction": 0.1},
         "federation": {"rounds": args.rounds, "clients_per_round": 5, "min_replies": 4,
                        "evaluate_clients": 0, "central_eval": True},
-        "train": {"local_epochs": args.local_epochs, "batch_size": 16,
+        "train": {"local_epochs": args.local_epochs, "batch_size": args.batch_size,
                   "eval_batch_size": 64, "lr": args.lr},
     }
 
@@ -81,7 +81,9 @@ def run_cell(args: argparse.Namespace, method: str, epsilon: float) -> dict[str,
     from securefed.config import ExperimentConfig
 
     label = "inf" if math.isinf(epsilon) else f"{epsilon:g}"
-    run_dir = args.out_dir / f"{method}-eps{label}"
+    tag = (f"r{args.rounds}-e{args.local_epochs}-b{args.batch_size}-lr{args.lr:g}-"
+           f"c{args.clip:g}-{args.accountant}-d{args.delta:g}-s{args.seed}")
+    run_dir = args.out_dir / tag / f"{method}-eps{label}"  # resumable per setting
     summary_path = run_dir / "summary.json"
     seconds = None
     if not summary_path.is_file():
@@ -122,7 +124,8 @@ def _markdown(report: dict[str, Any]) -> str:
     verdict = report.get("ffa_vs_lora", "")
     return "\n".join([
         f"Final held-out accuracy after {c['rounds']} rounds (10 clients, Dirichlet 0.5, "
-        f"5 a round, {c['local_epochs']} local epoch(s), lr {c['lr']:g}), sample-level "
+        f"5 a round, {c['local_epochs']} local epoch(s), batch {c['batch_size']}, AdamW lr "
+        f"{c['lr']:g}), sample-level "
         f"DP-SGD at C = {c['clip']:g}, delta = {c['delta']:g}, accountant "
         f"`{c['accountant']}`; ε is the target each client's sigma was calibrated to "
         "(the largest ε any client reached is in the JSON).",
@@ -164,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="local batch size (the expected Poisson batch under DP)")
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--accountant", default="rdp")
@@ -184,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": {"methods": args.methods,
                    "epsilons": [None if math.isinf(e) else e for e in args.epsilons],
                    "rounds": args.rounds, "local_epochs": args.local_epochs, "lr": args.lr,
+                   "batch_size": args.batch_size,
                    "clip": args.clip, "delta": args.delta, "accountant": args.accountant,
                    "seed": args.seed, "backbone": "minilm-l6", "dataset": "bbc-news",
                    "num_clients": 10, "dirichlet_alpha": 0.5, "clients_per_round": 5},

@@ -115,6 +115,41 @@ def steps_per_epoch(num_examples: int, expected_batch_size: int) -> int:
     return max(1, math.ceil(num_examples / expected_batch_size))
 
 
+def _bias_only(module: nn.Module) -> bool:
+    """A Linear / LayerNorm whose weight is frozen: its per-sample bias gradient (and
+    norm) comes from the backprops alone (``opacus.grad_sample.linear`` / ``layer_norm``)."""
+    weight = getattr(module, "weight", None)
+    return (type(module) in (nn.Linear, nn.LayerNorm) and weight is not None
+            and not weight.requires_grad)
+
+
+class _BiasOnlyActivations:
+    """Do not keep the input activations of bias-only layers (BitFit).
+
+    Opacus's forward hook stores every trainable layer's input until the backward pass;
+    for a layer whose only trainable tensor is its bias that input is never used, but
+    storing it for every Linear of the encoder is what made DP BitFit need far more
+    memory than non-private BitFit (where autograd keeps no input of a frozen Linear).
+    A zero-width placeholder with the right batch size is kept instead.
+    """
+
+    def capture_activations_hook(self, module: nn.Module, forward_input: list[Any],
+                                 _forward_output: Any) -> None:
+        if _bias_only(module):
+            forward_input = [t.new_empty((t.shape[0], 0)) if isinstance(t, torch.Tensor)
+                             else t for t in forward_input]
+        super().capture_activations_hook(  # type: ignore[misc]
+            module, forward_input, _forward_output)
+
+
+class _GradSampleModule(_BiasOnlyActivations, GradSampleModule):
+    """Opacus hooks mode without the activations of bias-only layers."""
+
+
+class _GhostGradSampleModule(_BiasOnlyActivations, GradSampleModuleFastGradientClipping):
+    """Opacus ghost clipping without the activations of bias-only layers."""
+
+
 def _contiguous_inputs(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
 
@@ -198,18 +233,18 @@ def train_private(
     dp_args: dict[str, Any] = {"noise_multiplier": noise_multiplier,
                                "max_grad_norm": max_grad_norm,
                                "expected_batch_size": expected_batch_size, "source": source}
-    wrapped: GradSampleModule | GradSampleModuleFastGradientClipping
+    wrapped: _GradSampleModule | _GhostGradSampleModule
     optimizer: SourceNoiseDPOptimizer | SourceNoiseGhostDPOptimizer
     prehooks = _embedding_prehooks(model) if clipping == "ghost" else []
     if clipping == "ghost":
-        wrapped = GradSampleModuleFastGradientClipping(
+        wrapped = _GhostGradSampleModule(
             model, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm,
             use_ghost_clipping=True)
         optimizer = SourceNoiseGhostDPOptimizer(base, loss_reduction="mean", **dp_args)
         criterion: Any = DPLossFastGradientClipping(wrapped, optimizer, nn.CrossEntropyLoss(),
                                                     loss_reduction="mean")
     else:
-        wrapped = GradSampleModule(model)
+        wrapped = _GradSampleModule(model)
         optimizer = SourceNoiseDPOptimizer(base, **dp_args)
         criterion = nn.CrossEntropyLoss()
     start = time.perf_counter()

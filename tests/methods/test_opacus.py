@@ -89,3 +89,27 @@ def test_ghost_clipping_equals_hooks_for_every_method(name: str, model_type: str
         out[mode] = method.payload(model)
     for key, value in out["hooks"].items():
         np.testing.assert_allclose(out["ghost"][key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_bias_only_layers_keep_no_activations_and_same_per_sample_grads() -> None:
+    """BitFit under securefed's GradSampleModule: bias-only layers store a zero-width
+    placeholder instead of their input, and the per-sample gradients are Opacus's."""
+    from securefed.privacy.dpsgd import _GradSampleModule
+
+    backbone = Backbone("bert")
+    inputs, labels = backbone.inputs(4), backbone.labels(4)
+    grads, widths = {}, {}
+    for cls in (GradSampleModule, _GradSampleModule):
+        model = create_method("bitfit").apply(backbone.model(), backbone.arch, seed=0)
+        model.train()
+        wrapped = cls(model)
+        out = wrapped(**inputs)
+        widths[cls] = max(m.activations[0][0].shape[-1] for m in model.modules()
+                          if isinstance(m, torch.nn.Linear) and hasattr(m, "activations")
+                          and not m.weight.requires_grad)
+        torch.nn.functional.cross_entropy(out.logits, labels).backward()
+        grads[cls] = {n: p.grad_sample.clone() for n, p in model.named_parameters()
+                      if p.requires_grad}
+    assert widths[_GradSampleModule] == 0 < widths[GradSampleModule]
+    for name, value in grads[GradSampleModule].items():
+        torch.testing.assert_close(grads[_GradSampleModule][name], value, msg=name)
