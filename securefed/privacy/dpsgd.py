@@ -185,6 +185,7 @@ def train_private(
     source: RandomSource,
     weight_decay: float = 0.0,
     clipping: str = "hooks",
+    max_physical_batch_size: int = 0,
 ) -> PrivateTrainResult:
     """Run ``steps`` DP-SGD steps (AdamW on the privatised gradient) on one client's data.
 
@@ -205,6 +206,11 @@ def train_private(
         production.
     clipping : {"hooks", "ghost"}
         Opacus per-sample gradients, or ghost clipping (same clipped sum, less memory).
+    max_physical_batch_size : int
+        Largest batch run through the model at once (0: ``expected_batch_size``). A
+        Poisson sample is larger than ``B`` about half the time; it is split into
+        physical batches whose clipped gradients are summed into one DP step, so peak
+        memory follows ``B`` rather than the largest sample.
 
     Raises
     ------
@@ -218,7 +224,7 @@ def train_private(
     if n < 1:
         raise ConfigError("DP-SGD needs at least one training example")
     if not (max_grad_norm > 0 and expected_batch_size >= 1 and steps >= 1
-            and noise_multiplier >= 0):
+            and noise_multiplier >= 0 and max_physical_batch_size >= 0):
         raise ConfigError(f"invalid DP-SGD settings: C={max_grad_norm}, B={expected_batch_size}, "
                           f"steps={steps}, sigma={noise_multiplier}")
     params = trainable(model)
@@ -228,6 +234,7 @@ def train_private(
         raise ConfigError(f"unknown DP-SGD clipping {clipping!r}; valid: "
                           f"{', '.join(CLIPPING_MODES)}")
     q = min(1.0, expected_batch_size / n)
+    physical = max_physical_batch_size or expected_batch_size
     model.train()
     base = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     dp_args: dict[str, Any] = {"noise_multiplier": noise_multiplier,
@@ -258,16 +265,25 @@ def train_private(
                 optimizer.noise_only_step()
                 empty += 1
                 continue
-            batch = _batch(inputs, labels, idx)
-            logits = wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            loss = criterion(logits, batch["labels"])
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"non-finite training loss at DP step {step}")
-            loss.backward()
-            optimizer.step()
+            # Physical batches of at most `physical` examples, clipped and summed
+            # into one logical Poisson step (Opacus's virtual steps): the noise and the
+            # accounting are those of the whole sample, the memory that of `physical`.
+            chunks = [idx[i:i + physical] for i in range(0, idx.size, physical)]
+            for j, chunk in enumerate(chunks):
+                batch = _batch(inputs, labels, chunk)
+                logits = wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                loss = criterion(logits, batch["labels"])
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"non-finite training loss at DP step {step}")
+                loss.backward()
+                last = j == len(chunks) - 1
+                optimizer.signal_skip_step(do_skip=not last)
+                optimizer.step()
+                if not last:
+                    optimizer.zero_grad(set_to_none=True)
+                loss_sum += float(loss.item()) * chunk.size
+                correct += int((logits.argmax(-1) == batch["labels"]).sum())
             seen += int(idx.size)
-            loss_sum += float(loss.item()) * idx.size
-            correct += int((logits.argmax(-1) == batch["labels"]).sum())
     finally:
         optimizer.zero_grad(set_to_none=True)
         wrapped.remove_hooks()  # the cached model stays a plain module

@@ -173,3 +173,25 @@ def test_unknown_clipping_mode_is_a_config_error() -> None:
         train_private(model, inputs, labels, lr=1e-2, noise_multiplier=1.0, max_grad_norm=1.0,
                       expected_batch_size=2, steps=1, source=make_source("seeded", 0),
                       clipping="fast")
+
+
+@pytest.mark.parametrize("clipping", ["hooks", "ghost"])
+def test_physical_batches_give_the_same_step(clipping) -> None:
+    """A Poisson sample split into physical batches of 2 is clipped and summed into the
+    same DP step as the whole sample at once (no noise, same samples, no dropout)."""
+    backbone = Backbone("bert")
+    inputs, labels = _data(backbone, 24)
+    out = {}
+    for physical in (2, 1000):
+        model, method = _lora(backbone, "lora")
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        res = train_private(model, inputs, labels, lr=1e-2, noise_multiplier=0.0,
+                            max_grad_norm=1e-3, expected_batch_size=8, steps=3,
+                            source=make_source("seeded", 9), clipping=clipping,
+                            max_physical_batch_size=physical)
+        out[physical] = (method.payload(model), res.loss)
+    for key, value in out[1000][0].items():
+        np.testing.assert_allclose(out[2][0][key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+    assert out[2][1] == pytest.approx(out[1000][1], rel=1e-4)
