@@ -152,7 +152,7 @@ def _markdown(report: dict[str, Any]) -> str:
         "2 torch threads, one process per cell. *plain*: the non-private loop; *hooks*: "
         "`train_private(clipping=\"hooks\")` (Opacus per-sample gradients); *ghost*: "
         "`train_private(clipping=\"ghost\")` (Opacus ghost clipping: per-sample gradient "
-        "norms and a second backward pass, the `[dp] clipping` default); both with clipping "
+        "norms and a second backward pass); `hooks` is the `[dp] clipping` default; both with clipping "
         f"C = 1, sigma = 1, Poisson sampling with expected batch {cfg['batch']}, CSPRNG "
         f"noise. Per cell: the mean over one call of {cfg['steps']} steps after a warm-up "
         f"call of {cfg['warmup']}; the table shows the median of {cfg.get('repeats', 1)} "

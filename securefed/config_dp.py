@@ -12,8 +12,8 @@
     accountant = "rdp"       # "rdp" | "prv" | "gdp" | "pld"
     budget_epsilon = 0.0     # a client refuses a round that would exceed it (0: target)
     randomness = "secure"    # "secure" (OS CSPRNG, no seed) | "seeded" (experiment seed)
-    clipping = "ghost"       # "ghost" (Opacus ghost clipping: per-sample norms, less
-                             # memory) | "hooks" (Opacus per-sample gradients)
+    clipping = "hooks"       # "hooks" (Opacus per-sample gradients) | "ghost" (ghost
+                             # clipping: per-sample norms; less memory for `full`)
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class DPConfig:
     accountant: str = "rdp"
     budget_epsilon: float = 0.0
     randomness: str = "secure"
-    clipping: str = "ghost"
+    clipping: str = "hooks"
 
     def __post_init__(self) -> None:
         if self.mode not in DP_MODES:
