@@ -59,7 +59,7 @@ def test_client_clipping_under_masking_equals_plaintext(tiny_backbones, tmp_path
                secure={"mode": mode, "clipping_range": 2.0}, **tables)
     summary = _run(cfg, tmp_path / mode)
     assert summary["status"] == "completed" and summary["secure_mode"] == mode
-    _close(_final(cfg), expected, atol=1e-4)
+    _close(_final(cfg), expected, atol=1e-3)  # quantisation vs noise std z·C/m = 0.1
     assert len(_rows(tmp_path / mode, "user")) == 2
     assert len(_rows(tmp_path / mode, "sample")) == 2 * N
     assert 0 < summary["epsilon"] <= 8.0 and summary["user_level_epsilon"] > 0

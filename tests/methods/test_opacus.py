@@ -88,7 +88,7 @@ def test_ghost_clipping_equals_hooks_for_every_method(name: str, model_type: str
                       source=make_source("seeded", 3), clipping=mode)
         out[mode] = method.payload(model)
     for key, value in out["hooks"].items():
-        np.testing.assert_allclose(out["ghost"][key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(out["ghost"][key], value, rtol=1e-3, atol=1e-5, err_msg=key)
 
 
 def test_bias_only_layers_keep_no_activations_and_same_per_sample_grads() -> None:
