@@ -111,7 +111,8 @@ def test_ctrl_c_stops_every_flower_process(tiny_backbones, tmp_path) -> None:
     family = psutil.Process(proc.pid).children(recursive=True)
     assert family, "expected Flower processes under securefed run"
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    code = proc.wait(timeout=60)
+    assert code == 130, (code, proc.stdout.read() if proc.stdout else "")
     _, alive = psutil.wait_procs(family, timeout=30)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
 
