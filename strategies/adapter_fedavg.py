@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from securefed.exceptions import AggregationError, ConfigError, PayloadError
+from securefed.privacy.noise import RandomSource
 from strategies.aggregate import weighted_mean_by_key
 from strategies.records import (
     content_payload_nbytes,
@@ -125,6 +126,9 @@ class AdapterFedAvg(FedAvg):
         Weigh every client 1 instead of its example count (user-level DP: each user's
         clipped update counts equally). Under a sum-only wrapper the weight sum must
         then equal the number of contributors.
+    sampling_source : RandomSource, optional
+        Draws the Poisson mask (the ChaCha20 CSPRNG in production: amplification by
+        sampling assumes the sample is secret); ``rng`` otherwise.
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class AdapterFedAvg(FedAvg):
         node_wait_s: float = 600.0,
         poisson_population: int = 0,
         uniform_weights: bool = False,
+        sampling_source: RandomSource | None = None,
     ) -> None:
         if poisson_population and poisson_population < clients_per_round:
             raise ConfigError(f"poisson_population {poisson_population} is smaller than "
@@ -167,6 +172,7 @@ class AdapterFedAvg(FedAvg):
         self.evaluate_clients = evaluate_clients
         self.max_payload_bytes = max_payload_bytes
         self.rng = rng
+        self.sampling_source = sampling_source
         self.observer = observer
         self.node_wait_s = node_wait_s
         self.poisson_population = poisson_population
@@ -233,8 +239,9 @@ class AdapterFedAvg(FedAvg):
             return self._sample(grid, self.clients_per_round)
         population = self._sample(grid, self.poisson_population)
         q = self.clients_per_round / self.poisson_population
-        chosen = [n for n, u in zip(population, self.rng.random(len(population)), strict=True)
-                  if u < q]
+        mask = (self.sampling_source.poisson_mask(len(population), q)
+                if self.sampling_source is not None else self.rng.random(len(population)) < q)
+        chosen = [n for n, keep in zip(population, mask, strict=True) if keep]
         if len(chosen) < self.min_replies:
             raise AggregationError(
                 f"round {server_round}: Poisson sampling (q = {q:.3g}) drew {len(chosen)} "

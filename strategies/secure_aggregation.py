@@ -36,6 +36,7 @@ This module is numpy-only; it never imports torch.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -140,6 +141,21 @@ class SecureAggregation(SumOnlyAggregation):
                            degree=self.degree, threshold=self.threshold,
                            max_weight=self.max_weight, on_overflow=self.on_overflow,
                            round_id=round_id)
+
+    def sensitivity_slack(self) -> float:
+        """How far (L2) one client's contribution to this round's sum can be from its
+        exact update: ``sqrt(d) · step · max_weight``.
+
+        Stochastic rounding moves each of the ``d`` scaled coordinates by less than one
+        grid step ``2c / q_max`` (Bell et al. 2020, Sec. 5), and the sum is scaled back by
+        ``max_weight``. User-level DP adds this to the clipping norm when it sizes the
+        noise (Kairouz et al. 2021, arXiv:2102.06387, do the same for their discretised
+        Gaussian). 0 before the first round.
+        """
+        if self._config is None:
+            return 0.0
+        q = self._config.quantization
+        return math.sqrt(self._config.vector_length) * q.step * float(self.max_weight)
 
     # ----------------------------------------------------------------- setup
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -40,6 +40,7 @@ Weights: the mean is uniform over clients (the clipping mod sends weight 1; see
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
@@ -69,7 +70,13 @@ from strategies.records import (
     write_payload,
 )
 
-__all__ = ["USER_DP_WRAPPERS", "PrivacyObserver", "UserDPSettings", "flat_clip"]
+__all__ = ["KEY_REPORT_NORM_BIT", "USER_DP_WRAPPERS", "PrivacyObserver", "UserDPSettings",
+           "flat_clip"]
+
+log = logging.getLogger(__name__)
+
+#: Train-config key: the client reports its clipped bit (client-side adaptive clipping).
+KEY_REPORT_NORM_BIT = "securefed.report-norm-bit"
 
 #: Relative slack on a client-clipped norm (float32 rounding of ``g + clip(Δ)``).
 _NORM_SLACK = 1e-4
@@ -210,6 +217,8 @@ class _UserLevelDP:
         self._check_budget(server_round)
         self._global = record_to_payload(arrays)
         self._round_clip = self.clipping_norm
+        if self.adaptive and not self.server_side:
+            config[KEY_REPORT_NORM_BIT] = True  # only then does the client send its bit
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         self._sent = [int(m.metadata.dst_node_id) for m in messages]
         return messages
@@ -250,6 +259,11 @@ class _UserLevelDP:
 
     def _clip_one(self, msg: Message) -> bool:
         if ARRAYS_KEY not in msg.content.array_records:
+            if self.server_side:  # a masked/encrypted update cannot be clipped here
+                raise PrivacyError(
+                    f"{self.name} clipping got a reply from node {msg.metadata.src_node_id} "
+                    "without a plaintext update (secure aggregation?): the server cannot "
+                    "clip it, so nothing is released; use client-side clipping")
             return self._reported_bit(msg)  # secure aggregation: the update is masked
         keys = sorted(self._global)
         payload = read_payload(msg.content)
@@ -310,6 +324,16 @@ class _UserLevelDP:
     clip_norm_lr: float
     target_clipped_quantile: float
 
+    def _slack(self) -> float:
+        """Sensitivity a secure sum adds to ``C`` (SecAgg+ quantisation), else 0."""
+        slack = getattr(self.strategy, "sensitivity_slack", None)
+        value = float(slack()) if callable(slack) else 0.0
+        if value > 0.01 * self._round_clip:
+            log.warning("secure-aggregation quantisation adds %.3g to the clipping norm "
+                        "%.3g: the noise grows to cover it; raise [secure] bits or lower "
+                        "clipping_range for less noise", value, self._round_clip)
+        return value
+
     def _release(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         stats = self.dp.adapter.history[-1] if self.dp.adapter.history else None
         k = len(stats.accepted) if stats is not None else 0
@@ -319,7 +343,8 @@ class _UserLevelDP:
                 f"round {server_round}: {k} of {sampled} sampled clients are in the "
                 "aggregate; nothing is released ([user_dp] on_missing = 'error')")
         m = self.num_sampled_clients
-        std = self.noise_multiplier * self._round_clip / m
+        slack = self._slack()
+        std = self.noise_multiplier * (self._round_clip + slack) / m
         mean = record_to_payload(arrays)
         out: dict[str, np.ndarray] = {}
         for key, g in self._global.items():
@@ -337,6 +362,7 @@ class _UserLevelDP:
                 "update_noise_multiplier": self.noise_multiplier,
                 "user_clip_norm": self._round_clip, "user_sample_rate": self.dp.sample_rate,
                 "clients_in_aggregate": k, "denominator": m, "noise_std": std,
+                "quantization_slack": slack,
                 "clipping": self.name})
         return payload_to_record(out)
 

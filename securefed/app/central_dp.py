@@ -24,7 +24,7 @@ from securefed.config import ExperimentConfig
 from securefed.exceptions import ConfigError
 from securefed.privacy.accountants import create_accountant
 from securefed.privacy.calibration import calibrate_noise
-from securefed.privacy.noise import make_source
+from securefed.privacy.noise import RandomSource, make_source
 from strategies.adapter_fedavg import AdapterFedAvg
 from strategies.user_dp import USER_DP_WRAPPERS, PrivacyObserver, UserDPSettings
 
@@ -57,22 +57,20 @@ def adapter_options(config: ExperimentConfig) -> dict[str, Any]:
         return {}
     poisson = u.sampling == "poisson" and sample_rate(config) < 1.0
     return {"uniform_weights": True,
-            "poisson_population": config.data.num_clients if poisson else 0}
+            "poisson_population": config.data.num_clients if poisson else 0,
+            "sampling_source": _source(config, offset=3_333)}
 
 
-def check_user_dp(config: ExperimentConfig) -> None:
-    """Refuse a ``[user_dp]`` combination that cannot be private, before anything runs.
+def _source(config: ExperimentConfig, *, offset: int) -> RandomSource:
+    """ChaCha20 CSPRNG for ``randomness = "secure"``; else seeded from the experiment."""
+    if config.user_dp.randomness == "secure":
+        return make_source("secure")
+    return make_source("seeded", config.experiment.seed + offset)
 
-    Raises
-    ------
-    ConfigError
-        Server-side clipping under secure aggregation (the server never sees an update),
-        client-side adaptive clipping under secure aggregation (the clipped bit would
-        travel in the clear), or adaptive clipping with ``z >= 2 sigma_b``.
-    """
+
+def _refuse(config: ExperimentConfig) -> None:
+    """The combinations of ``[user_dp]`` and ``[secure]`` that cannot be private."""
     u = config.user_dp
-    if not u.enabled:
-        return
     secure = config.secure.mode
     if secure != "none" and not u.client_side:
         raise ConfigError(f"[user_dp] clipping = {u.clipping!r} clips on the server, which "
@@ -86,6 +84,21 @@ def check_user_dp(config: ExperimentConfig) -> None:
         raise ConfigError(f"[user_dp] delta = {u.delta:g} must be below 1 / num_clients = "
                           f"{1 / config.data.num_clients:g} (a larger delta permits "
                           "releasing one user's data outright)")
+
+
+def check_user_dp(config: ExperimentConfig) -> None:
+    """Refuse a ``[user_dp]`` combination that cannot be private, before anything runs.
+
+    Raises
+    ------
+    ConfigError
+        Server-side clipping under secure aggregation (the server never sees an update),
+        client-side adaptive clipping under secure aggregation (the clipped bit would
+        travel in the clear), ``delta >= 1/N``, or adaptive clipping with
+        ``z >= 2 sigma_b``.
+    """
+    if not config.user_dp.enabled:
+        return
     fed = config.federation
     probe = AdapterFedAvg(clients_per_round=fed.clients_per_round,
                           min_replies=fed.required_replies, **adapter_options(config),
@@ -99,9 +112,9 @@ def wrap_user_dp(config: ExperimentConfig, strategy: Strategy, adapter: AdapterF
     u = config.user_dp
     if not u.enabled:
         return strategy
+    _refuse(config)  # also here: `flwr run` reaches the ServerApp without preflight
     z = user_noise(config)
-    source = (make_source("secure") if u.randomness == "secure"
-              else make_source("seeded", config.experiment.seed + 7_777))
+    source = _source(config, offset=7_777)
     settings = UserDPSettings(
         adapter=adapter, accountant=create_accountant(u.accountant),
         sample_rate=sample_rate(config), delta=u.delta, budget=u.budget,

@@ -6,7 +6,9 @@ lets the handler train, clips the update ``Δ = x - g`` of the reply to L2 norm 
 with :func:`strategies.user_dp.flat_clip` (FlatClip, McMahan et al. 2018,
 arXiv:1710.06963), writes ``g + clip(Δ)`` back, and:
 
-* reports Flower's ``"norm_bit"`` (1 if the update was clipped) for adaptive clipping;
+* reports Flower's ``"norm_bit"`` (1 if the update was clipped) only when the server
+  asks for it (``"securefed.report-norm-bit"``: client-side adaptive clipping, which is
+  plaintext-only) — under secure aggregation the bit would travel in the clear;
 * sets the reply's weight ``num-examples`` to 1, keeping the true count as
   ``train-examples`` (under user-level DP every user counts once; under secure
   aggregation the weight travels inside the masked vector, so it must be set here).
@@ -29,12 +31,17 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 from securefed.app.protocol_mod import CallNext
 from securefed.exceptions import PayloadError
 from strategies.records import read_payload, write_payload
-from strategies.user_dp import flat_clip
+from strategies.user_dp import KEY_REPORT_NORM_BIT, flat_clip
 
 __all__ = ["CLIPPING_ERROR_CODE", "clipping_mod"]
 
 #: Flower ``Error.code`` of a refused clipping (malformed norm, payload or update).
 CLIPPING_ERROR_CODE = 7_301
+
+
+def _reports_bit(msg: Message) -> bool:
+    config = msg.content.config_records.get("config")
+    return config is not None and bool(config.get(KEY_REPORT_NORM_BIT, False))
 
 
 def _clipping_norm(msg: Message) -> float | None:
@@ -73,7 +80,9 @@ def clip_reply(msg: Message, reply: Message, clipping_norm: float) -> Message:
         raise PayloadError("reply lacks metric 'num-examples'")
     plain = dict(metrics)
     plain["train-examples"] = plain.pop("num-examples")
-    plain.update({"num-examples": 1, KEY_NORM_BIT: int(clipped)})
+    plain["num-examples"] = 1
+    if _reports_bit(msg):  # adaptive clipping only: otherwise the bit would leak for nothing
+        plain[KEY_NORM_BIT] = int(clipped)
     content = reply.content
     for name, record in write_payload({k: new[i].astype(x[k].dtype)
                                        for i, k in enumerate(keys)}).items():

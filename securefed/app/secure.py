@@ -37,9 +37,12 @@ def _none(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod) 
 def _shared(config: ExperimentConfig, method: TuningMethod) -> dict[str, Any]:
     """The arguments both sum-only wrappers take from ``[secure]`` and the method."""
     s = config.secure
+    # Under user-level DP every client weighs 1 (clipping_mod): max_weight = 1 keeps the
+    # quantisation error of a contribution at one grid step, not max_weight steps.
+    max_weight = 1 if config.user_dp.enabled else s.max_weight
     return {"method": method.name, "exact_under_sum": method.semantics.exact_under_sum,
             "allow_inexact": s.allow_inexact, "clipping_range": s.clipping_range,
-            "max_weight": s.max_weight, "on_overflow": s.on_overflow,
+            "max_weight": max_weight, "on_overflow": s.on_overflow,
             "stage_timeout": s.stage_timeout_s}
 
 

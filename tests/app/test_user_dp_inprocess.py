@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from securefed.app.launcher import preflight
@@ -60,7 +61,14 @@ def test_client_clipping_under_masking_equals_plaintext(tiny_backbones, tmp_path
     summary = _run(cfg, tmp_path / mode)
     assert summary["status"] == "completed" and summary["secure_mode"] == mode
     _close(_final(cfg), expected, atol=1e-3)  # quantisation vs noise std z·C/m = 0.1
-    assert len(_rows(tmp_path / mode, "user")) == 2
+    users = _rows(tmp_path / mode, "user")
+    assert len(users) == 2
+    for row in users:  # SecAgg+ quantisation widens the sensitivity; the noise covers it
+        slack = row["quantization_slack"]
+        assert (0 < slack < 1e-3 * row["user_clip_norm"]) if mode == "secagg" else slack == 0
+        assert row["noise_std"] == pytest.approx(
+            row["update_noise_multiplier"] * (row["user_clip_norm"] + slack)
+            / row["denominator"])
     assert len(_rows(tmp_path / mode, "sample")) == 2 * N
     assert 0 < summary["epsilon"] <= 8.0 and summary["user_level_epsilon"] > 0
 
@@ -116,6 +124,19 @@ def test_impossible_combinations_are_refused_before_the_run(tiny_backbones, tmp_
                secure={"mode": secure})
     with pytest.raises(ConfigError, match=match):
         preflight(cfg)
+
+
+def test_wrapping_refuses_server_side_clipping_under_masking_without_preflight(
+        tiny_backbones, tmp_path) -> None:
+    """`flwr run` reaches the ServerApp without `preflight`: the wrapper checks too."""
+    from securefed.app.central_dp import wrap_user_dp
+    from strategies.adapter_fedavg import AdapterFedAvg
+
+    cfg = _cfg(tiny_backbones["bert"], tmp_path, "ffa-lora", user_dp=USER,
+               secure={"mode": "secagg"})
+    inner = AdapterFedAvg(clients_per_round=N, min_replies=N, rng=np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="sees no individual update"):
+        wrap_user_dp(cfg, inner, inner, None)
 
 
 def test_unknown_clipping_names_the_valid_ones() -> None:

@@ -113,7 +113,10 @@ def test_client_side_clipping_is_verified_in_plaintext() -> None:
         run(make_app(lambda pid: 1.0), "client-fixed")  # no clipping_mod on the clients
 
 
-def test_clipping_mod_sends_weight_one_and_the_norm_bit() -> None:
+@pytest.mark.parametrize(("clipping", "kwargs"), [
+    ("client-adaptive", {"z": 0.1, "clipped_count_stddev": 1.0}), ("client-fixed", {})])
+def test_clipping_mod_sends_weight_one_and_the_norm_bit_only_when_adaptive(
+        clipping: str, kwargs: dict, monkeypatch) -> None:
     seen: list[dict] = []
     app = make_app(lambda pid: 1e-6 if pid % 2 else 1.0, mods=[clipping_mod])
     adapter_replies = AdapterFedAvg.report_client_metrics
@@ -122,14 +125,14 @@ def test_clipping_mod_sends_weight_one_and_the_norm_bit() -> None:
         seen.append(dict(msg.content.metric_records["metrics"]))
         return adapter_replies(self, server_round, node, msg)
 
-    AdapterFedAvg.report_client_metrics = spy  # type: ignore[method-assign]
-    try:
-        run(app, "client-adaptive", z=0.1, clipped_count_stddev=1.0)
-    finally:
-        AdapterFedAvg.report_client_metrics = adapter_replies  # type: ignore[method-assign]
+    monkeypatch.setattr(AdapterFedAvg, "report_client_metrics", spy)
+    run(app, clipping, **kwargs)
     assert all(m["num-examples"] == 1 for m in seen)
     assert sorted(m["train-examples"] for m in seen) == [10, 20, 30, 40]
-    assert sorted(m["norm_bit"] for m in seen) == [0, 0, 1, 1]
+    if clipping == "client-adaptive":
+        assert sorted(m["norm_bit"] for m in seen) == [0, 0, 1, 1]
+    else:  # the bit is not needed, so it does not leave the client
+        assert not any("norm_bit" in m for m in seen)
 
 
 @pytest.mark.parametrize("clipping", ["server-adaptive", "client-adaptive"])
@@ -199,6 +202,34 @@ def test_poisson_sampling_draws_each_client_with_probability_q() -> None:
 
     with pytest.raises(AggregationError, match="Poisson sampling"):
         sample_until_empty()
+
+
+def test_poisson_sampling_uses_the_csprng_when_given_one() -> None:
+    rng = np.random.default_rng(3)
+    before = rng.bit_generator.state
+    adapter = AdapterFedAvg(clients_per_round=9, min_replies=1, poisson_population=30,
+                            rng=rng, sampling_source=make_source("secure"))
+    grid = InProcessGrid(make_app(lambda pid: 0.0), 30, {})
+    sizes = [len(adapter._sample_train(grid, r)) for r in range(400)]
+    assert np.mean(sizes) == pytest.approx(9.0, abs=0.4)
+    # the predictable generator only orders the population; it never decides who is in
+    population_draws = 400  # one `choice` of 30 out of 30 per round
+    check = np.random.default_rng(3)
+    for _ in range(population_draws):
+        check.choice(30, size=30, replace=False)
+    assert rng.bit_generator.state == check.bit_generator.state != before
+
+
+def test_server_side_clipping_refuses_a_reply_it_cannot_clip() -> None:
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:  # e.g. a masked SecAgg+ reply
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1})}),
+                       reply_to=msg)
+
+    with pytest.raises(PrivacyError, match="without a plaintext update"):
+        run(app, "server-fixed")
 
 
 def test_uniform_weights_ignore_example_counts() -> None:
