@@ -94,7 +94,8 @@ def test_plain_flwr_run_of_the_repo_app(tiny_backbones, tmp_path) -> None:
 
 
 def test_ctrl_c_stops_every_flower_process(tiny_backbones, tmp_path) -> None:
-    cfg = tiny_config(tiny_backbones["bert"], tmp_path / "run", rounds=50, num_clients=2,
+    # far more rounds than can finish: the interrupt must land while Flower is running
+    cfg = tiny_config(tiny_backbones["bert"], tmp_path / "run", rounds=5000, num_clients=2,
                       per_round=2)
     cfg_file = tmp_path / "cfg.toml"
     cfg_file.write_text(tomli_w.dumps(cfg.to_dict()))
