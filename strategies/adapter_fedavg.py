@@ -200,6 +200,8 @@ class AdapterFedAvg(FedAvg):
             "rng": self.rng.bit_generator.state,
             "spec": spec,
             "history": [dataclasses.asdict(h) for h in self.history],
+            "sampling_source": None if self.sampling_source is None
+            else self.sampling_source.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -211,6 +213,7 @@ class AdapterFedAvg(FedAvg):
             rng.bit_generator.state = state["rng"]
             spec = state["spec"]
             history = [TrainRoundStats(**h) for h in state["history"]]
+            sampling = state.get("sampling_source")
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed AdapterFedAvg state: {exc}") from None
         self.rng = rng
@@ -218,6 +221,8 @@ class AdapterFedAvg(FedAvg):
             shapes={k: tuple(v) for k, v in spec["shapes"].items()},
             dtypes=spec["dtypes"], max_bytes=int(spec["max_bytes"]))
         self.history = history
+        if self.sampling_source is not None and sampling:
+            self.sampling_source.load_state_dict(sampling)
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, grid: Grid, k: int) -> list[int]:

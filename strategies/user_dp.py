@@ -173,6 +173,7 @@ class _UserLevelDP:
         inner = getattr(self.strategy, "state_dict", None)
         return {"wrapper": self.name, "accountant": self.dp.accountant.state_dict(),
                 "clipping_norm": self.clipping_norm, "released": self.released,
+                "noise_source": self.dp.source.state_dict(),
                 "inner": inner() if inner is not None else None}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -187,6 +188,7 @@ class _UserLevelDP:
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed {self.name} state: {exc!r}") from None
         self.dp.accountant.load_state_dict(accountant)
+        self.dp.source.load_state_dict(state.get("noise_source") or {})
         self.clipping_norm, self.released = clip, released
         loader = getattr(self.strategy, "load_state_dict", None)
         if loader is not None and inner is not None:

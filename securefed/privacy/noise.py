@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +51,14 @@ class RandomSource(abc.ABC):
     @abc.abstractmethod
     def normal(self, size: int) -> npt.NDArray[np.float64]:
         """``size`` standard normal samples."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state (crash resume): a resumed seeded run must not
+        replay noise it already released. Stateless sources return ``{}``."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - stateless default
+        """Restore :meth:`state_dict` output."""
 
     def poisson_mask(self, n: int, rate: float) -> npt.NDArray[np.bool_]:
         """Each of ``n`` items in independently with probability ``rate``."""
@@ -90,6 +100,17 @@ class SeededSource(RandomSource):
 
     def __init__(self, seed: int | np.random.Generator) -> None:
         self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator's bit-generator state."""
+        return {"bit_generator": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a saved generator state (a malformed one is a ConfigError)."""
+        try:
+            self._rng.bit_generator.state = dict(state["bit_generator"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed seeded-source state: {exc!r}") from None
 
     def uniform(self, size: int) -> npt.NDArray[np.float64]:
         """Uniforms from the seeded generator."""

@@ -6,6 +6,7 @@ tensor, so every update and its clipped value are known in closed form.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -177,9 +178,12 @@ def test_state_round_trip_and_mismatch() -> None:
     state = strategy.state_dict()
     _, fresh, _ = run(make_app(lambda pid: 1.0), "server-adaptive", z=0.1, rounds=0,
                       clipped_count_stddev=1.0)
+    json.dumps(state)  # serialisable as it is
     fresh.load_state_dict(state)
     assert fresh.epsilon() == pytest.approx(strategy.epsilon())
     assert fresh.clipping_norm == strategy.clipping_norm and fresh.released == 2
+    # a resumed seeded run continues the noise stream; it never replays released noise
+    np.testing.assert_array_equal(fresh.dp.source.normal(5), strategy.dp.source.normal(5))
     with pytest.raises(ConfigError, match="cannot be loaded"):
         fresh.load_state_dict({**state, "wrapper": "client-fixed"})
     with pytest.raises(PrivacyError):
@@ -218,6 +222,22 @@ def test_poisson_sampling_uses_the_csprng_when_given_one() -> None:
     for _ in range(population_draws):
         check.choice(30, size=30, replace=False)
     assert rng.bit_generator.state == check.bit_generator.state != before
+
+
+def test_a_resumed_strategy_continues_the_poisson_sampling_stream() -> None:
+    def adapter() -> AdapterFedAvg:
+        return AdapterFedAvg(clients_per_round=5, min_replies=1, poisson_population=20,
+                             rng=np.random.default_rng(0),
+                             sampling_source=make_source("seeded", 5))
+
+    grid = InProcessGrid(make_app(lambda pid: 0.0), 20, {})
+    first = adapter()
+    for r in range(3):
+        first._sample_train(grid, r)
+    resumed = adapter()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert [resumed._sample_train(grid, r) for r in range(3, 8)] == [
+        first._sample_train(grid, r) for r in range(3, 8)]
 
 
 def test_server_side_clipping_refuses_a_reply_it_cannot_clip() -> None:
