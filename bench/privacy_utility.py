@@ -145,6 +145,7 @@ def _markdown(report: dict[str, Any]) -> str:
     c = report["config"]
     seeds = c["seeds"]
     return "\n".join([
+        "### Privacy–utility on BBC News (`bench/privacy_utility.py`)", "",
         f"Final held-out accuracy after {c['rounds']} rounds ({c['num_clients']} clients, "
         f"Dirichlet {c['dirichlet_alpha']:g}, {c['clients_per_round']} a round, "
         f"{c['local_epochs']} local epoch(s), batch {c['batch_size']}, AdamW lr "
