@@ -74,8 +74,8 @@ def test_stored_cells_are_read_paired_by_seed_and_published(tmp_path) -> None:
     assert row["final_accuracy"] == 0.30 and row["noise_multiplier_max"] == pytest.approx(1.2)
     assert row["seconds"] is None  # read, not run
     # LoRA drops 50 points on both seeds; FFA-LoRA 38 and 66 (paired by seed).
-    assert "LoRA loses 50.0 points, FFA-LoRA 52.0 (FFA-LoRA loses less in 1 of 2" \
-        in report["ffa_vs_lora"]
+    assert ("LoRA loses 50.0 points, FFA-LoRA 52.0 (FFA-LoRA loses less in 1 of 2 seed(s); "
+            "its private accuracy is the higher in 1)") in report["ffa_vs_lora"]
     text = readme.read_text(encoding="utf-8")
     assert "| lora | 0.350 ± 0.071 | 0.850 ± 0.071 | 50.0 ± 0.0 |" in text
     assert "Mean ± standard deviation over seeds 0, 1" in text
