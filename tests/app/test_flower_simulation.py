@@ -100,22 +100,33 @@ def test_ctrl_c_stops_every_flower_process(tiny_backbones, tmp_path) -> None:
     cfg_file = tmp_path / "cfg.toml"
     cfg_file.write_text(tomli_w.dumps(cfg.to_dict()))
     cli = Path(sys.executable).parent / "securefed"
-    proc = subprocess.Popen([str(cli), "run", str(cfg_file), "--out", str(tmp_path / "run"),
-                             "--num-cpus", "1"], env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while not (metrics.exists() and read_metrics(metrics)):
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert time.monotonic() < deadline, "the run never started"
-        time.sleep(0.5)
-    family = psutil.Process(proc.pid).children(recursive=True)
-    assert family, "expected Flower processes under securefed run"
-    proc.send_signal(signal.SIGINT)
-    code = proc.wait(timeout=60)
-    assert code == 130, (code, proc.stdout.read() if proc.stdout else "")
-    _, alive = psutil.wait_procs(family, timeout=30)
-    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+    out = tmp_path / "cli.out"
+
+    def as_at_a_terminal() -> None:  # a shell's background job (CI) inherits SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    with out.open("wb") as sink:
+        proc = subprocess.Popen([str(cli), "run", str(cfg_file), "--out", str(tmp_path / "run"),
+                                 "--num-cpus", "1"], env=dict(os.environ), stdout=sink,
+                                stderr=subprocess.STDOUT, preexec_fn=as_at_a_terminal)
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.monotonic() + 240
+        while not (metrics.exists() and read_metrics(metrics)):
+            assert proc.poll() is None, out.read_text(errors="replace")
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.5)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert family, "expected Flower processes under securefed run"
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        assert code == 130, (code, out.read_text(errors="replace"))
+        _, alive = psutil.wait_procs(family, timeout=30)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+    finally:
+        if proc.poll() is None:  # never leave a 5000-round run behind: SIGTERM stops it
+            proc.terminate()  # and its Flower processes (launcher._terminate_as_interrupt)
+            proc.wait(timeout=60)
 
 
 #: The whole privacy stack: DP-SGD clients, client-side clipping inside SecAgg+ masking,
