@@ -19,7 +19,7 @@ LoRA's ``A`` make LoRA degrade less under DP noise?
 Cells are resumable: a cell whose ``summary.json`` exists under
 ``--out-dir/<hyper-parameter tag>/`` is read, not rerun. Run::
 
-    .venv/bin/python bench/privacy_utility.py   # 16 cells x 2 seeds (~75 min on 2 cores)
+    .venv/bin/python bench/privacy_utility.py   # 16 cells x 3 seeds (~110 min on 2 cores)
 
 Writes ``bench/results/privacy_utility.json`` and the ``privacy_utility`` section of
 ``bench/README.md``.
@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--accountant", default="rdp")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out-dir", type=Path, default=_common.ROOT / "runs" / "privacy-utility")
     parser.add_argument("--out", type=Path, default=_common.RESULTS_DIR / "privacy_utility.json")
     parser.add_argument("--readme", type=Path, default=_common.README_PATH)
