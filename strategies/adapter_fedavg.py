@@ -34,7 +34,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from securefed.exceptions import AggregationError, ConfigError, PayloadError
-from securefed.privacy.noise import RandomSource
+from securefed.privacy.noise import RandomSource, SeededSource
 from strategies.aggregate import weighted_mean_by_key
 from strategies.records import (
     content_payload_nbytes,
@@ -244,8 +244,8 @@ class AdapterFedAvg(FedAvg):
             return self._sample(grid, self.clients_per_round)
         population = self._sample(grid, self.poisson_population)
         q = self.clients_per_round / self.poisson_population
-        mask = (self.sampling_source.poisson_mask(len(population), q)
-                if self.sampling_source is not None else self.rng.random(len(population)) < q)
+        source = self.sampling_source or SeededSource(self.rng)
+        mask = source.poisson_mask(len(population), q)
         chosen = [n for n, keep in zip(population, mask, strict=True) if keep]
         if len(chosen) < self.min_replies:
             raise AggregationError(
