@@ -16,7 +16,9 @@ derive from :class:`ValueError` so that generic callers treat them as such.
     ├── AggregationError                    too few valid replies to aggregate a round
     ├── MethodError                         a tuning method cannot be applied here
     └── PrivacyError                        anything that would weaken privacy
-        └── PrivacyBudgetExhausted          a client's next round would exceed its budget
+        ├── PrivacyBudgetExhausted          a client's next round would exceed its budget
+        └── SignatureError                  a signature is missing, forged, or not a
+                                            roster member's
 
 Whatever weakens privacy is an error, never a warning (see ``DESIGN.md``).
 """
@@ -36,6 +38,7 @@ __all__ = [
     "PrivacyError",
     "RegistryError",
     "SecurefedError",
+    "SignatureError",
     "UnknownNameError",
 ]
 
@@ -105,4 +108,12 @@ class PrivacyBudgetExhausted(PrivacyError):
     """Training one more round would take a client past its (epsilon, delta) budget.
 
     The client refuses before it trains; the server excludes it and records why.
+    """
+
+
+class SignatureError(PrivacyError):
+    """A signed message failed verification, or its signer is not in the roster.
+
+    Raised where a deviating server could otherwise substitute keys or messages
+    (``docs/threat-model.md``); the message is refused and nothing secret is released.
     """
