@@ -20,7 +20,7 @@ derive from :class:`ValueError` so that generic callers treat them as such.
         └── SignatureError                  a signature is missing, forged, or not a
                                             roster member's
 
-Whatever weakens privacy is an error, never a warning (see ``DESIGN.md``).
+Whatever weakens privacy is an error, never a warning (see ``docs/threat-model.md``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 FedTune's full fine-tuning baseline (arXiv 2211.08025). ``freeze_embeddings=True`` keeps the
 embeddings frozen, which DP-SGD with Opacus needs: its per-sample gradients fail on BERT's
-embedding layers (see ``STACK.md``).
+embedding layers (see ``docs/privacy.md``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Methods register themselves by name with :func:`register_method`; callers build one with
 :func:`create_method`. Nothing is chosen with an ``if``/``elif`` chain on strings (see
-``DESIGN.md``).
+``docs/architecture.md``).
 """
 
 from __future__ import annotations

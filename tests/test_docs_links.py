@@ -1,0 +1,24 @@
+"""Users have only the repository: every document the code or docs cite must be in it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [p for d in ("securefed", "strategies", "attacks", "bench", "docs", "configs")
+           for p in sorted((ROOT / d).rglob("*")) if p.suffix in {".py", ".md", ".toml"}]
+SOURCES.append(ROOT / "README.md")
+CITED = re.compile(r"docs/[A-Za-z0-9_.-]+\.md")
+OUTSIDE = re.compile(r"DESIGN\.md|STACK\.md|ASSETS\.md|ATTACKS\.md|\.\./shared")
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_cited_documents_exist_in_the_repository(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    outside = sorted(set(OUTSIDE.findall(text)))
+    assert not outside, f"{path.name} cites documents users do not have: {outside}"
+    missing = sorted({c for c in CITED.findall(text) if not (ROOT / c).is_file()})
+    assert not missing, f"{path.name} cites missing documents: {missing}"
