@@ -57,7 +57,7 @@ GOAL_MAX_RATIO = 10.0
 #: Goal of issue 3: decrypted aggregate within this of the plaintext sum.
 GOAL_MAX_ERROR = 1e-6
 
-#: (label, config): the default, the high-precision setting measured in docs/secure-aggregation.md, and settings with a
+#: (label, config): the default, a high-precision setting, and settings with a
 #: single data prime or smaller primes that aim at the 10x goal.
 SETTINGS: tuple[tuple[str, CKKSConfig], ...] = (
     ("default", CKKSConfig()),
