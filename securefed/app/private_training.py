@@ -13,7 +13,7 @@ multiplier is either given (``[dp] noise_multiplier``) or calibrated once so tha
 ``[federation] rounds`` rounds of local steps stay within ``target_epsilon``
 (:func:`securefed.privacy.calibration.calibrate_noise`; Abadi et al. 2016,
 arXiv:1607.00133, with the accountants of Mironov 2017 / Gopi et al. 2021 / Dong et
-al. 2019 / dp_accounting's PLD).
+al. 2019 / dp_accounting's PLD; the GDP approximation is refused).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from flwr.app import ConfigRecord, Context
 
 from securefed.config import ExperimentConfig
 from securefed.exceptions import ConfigError, PrivacyBudgetExhausted
-from securefed.privacy.accountants import create_accountant
+from securefed.privacy.accountants import create_budget_accountant
 from securefed.privacy.base import Accountant
 from securefed.privacy.calibration import calibrate_noise
 from securefed.privacy.dpsgd import PrivateTrainResult, steps_per_epoch, train_private
@@ -93,7 +93,7 @@ def load_accountant(context: Context, config: ExperimentConfig, partition: int) 
     ConfigError
         If the stored state is malformed.
     """
-    accountant = create_accountant(config.dp.accountant)
+    accountant = create_budget_accountant(config.dp.accountant, "[dp] accountant")
     record = context.state.config_records.get(STATE_KEY)
     text = record.get("accountant") if record is not None else None
     path = _state_file(context, partition)
