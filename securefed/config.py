@@ -13,6 +13,8 @@ A config file has one table per concern::
     [dp]           mode = none | sample (DP-SGD), epsilon, delta, budget (securefed.config_dp)
     [user_dp]      clipping = none | server-/client-fixed | -adaptive: user-level DP
                    (securefed.config_user_dp)
+    [report]       client_stats = auto | clear | off | noised | secure-sum: what
+                   per-client statistics leave a client (securefed.config_report)
 
 Every table is a frozen dataclass validated in ``__post_init__``; an unknown key is a
 :class:`~securefed.exceptions.ConfigError` naming it and listing the valid keys, and a
@@ -35,6 +37,7 @@ from typing import Any, TypeVar
 
 from securefed.config_check import require as _require
 from securefed.config_dp import DPConfig
+from securefed.config_report import ReportConfig
 from securefed.config_secure import SecureConfig
 from securefed.config_user_dp import UserDPConfig
 from securefed.exceptions import ConfigError
@@ -48,6 +51,7 @@ __all__ = [
     "MetaConfig",
     "MethodConfig",
     "ModelConfig",
+    "ReportConfig",
     "SecureConfig",
     "TrainConfig",
     "UserDPConfig",
@@ -224,6 +228,7 @@ _TABLES: dict[str, type] = {
     "secure": SecureConfig,
     "dp": DPConfig,
     "user_dp": UserDPConfig,
+    "report": ReportConfig,
 }
 
 C = TypeVar("C")
@@ -284,6 +289,7 @@ class ExperimentConfig:
     secure: SecureConfig = field(default_factory=SecureConfig)
     dp: DPConfig = field(default_factory=DPConfig)
     user_dp: UserDPConfig = field(default_factory=UserDPConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
         fed, data = self.federation, self.data
@@ -303,6 +309,9 @@ class ExperimentConfig:
                 f"[federation] evaluate_clients = {fed.evaluate_clients} exceeds "
                 f"[data] num_clients = {data.num_clients}"
             )
+        from securefed.app.egress import resolve_client_stats
+
+        resolve_client_stats(self)  # [report] client_stats sound in this mode (ConfigError)
 
     @classmethod
     def from_dict(cls, tree: Mapping[str, Any]) -> ExperimentConfig:

@@ -9,7 +9,7 @@
     noise_multiplier = 0.0   # > 0: use this sigma instead of calibrating
     delta = 1e-5
     max_grad_norm = 1.0      # per-example clipping bound C
-    accountant = "rdp"       # "rdp" | "prv" | "gdp" | "pld"
+    accountant = "rdp"       # "rdp" | "prv" | "pld" (upper bounds; "gdp" is refused)
     budget_epsilon = 0.0     # a client refuses a round that would exceed it (0: target)
     randomness = "secure"    # "secure" (OS CSPRNG, no seed) | "seeded" (experiment seed)
     clipping = "hooks"       # "hooks" (Opacus per-sample gradients) | "ghost" (ghost
@@ -67,9 +67,10 @@ class DPConfig:
               f"must be one of {', '.join(_RANDOMNESS)}")
         _need(self.clipping in _CLIPPING, "clipping", self.clipping,
               f"must be one of {', '.join(_CLIPPING)}")
-        from securefed.privacy.accountants import ACCOUNTANTS
+        from securefed.privacy.accountants import check_budget_accountant
 
-        ACCOUNTANTS.get(self.accountant)  # UnknownNameError listing the accountants
+        # UnknownNameError, or ConfigError for an approximation (gdp), naming the valid ones
+        check_budget_accountant(self.accountant, "[dp] accountant")
 
     @property
     def enabled(self) -> bool:

@@ -10,7 +10,7 @@
     target_epsilon = 8.0
     delta = 1e-5               # per user; keep it below 1 / [data] num_clients
     clipping_norm = 0.1        # C (the initial C with adaptive clipping)
-    accountant = "rdp"         # "rdp" | "prv" | "gdp" | "pld"
+    accountant = "rdp"         # "rdp" | "prv" | "pld" (upper bounds; "gdp" is refused)
     budget_epsilon = 0.0       # the server refuses a round that would exceed it (0: target)
     sampling = "poisson"       # "poisson": each client joins a round with probability
                                #   q = clients_per_round / num_clients (amplified)
@@ -98,9 +98,10 @@ class UserDPConfig:
               ">= 0 (0 = expected clients per round / 20)")
         _need(self.randomness in _RANDOMNESS, "randomness", self.randomness,
               f"must be one of {', '.join(_RANDOMNESS)}")
-        from securefed.privacy.accountants import ACCOUNTANTS
+        from securefed.privacy.accountants import check_budget_accountant
 
-        ACCOUNTANTS.get(self.accountant)  # UnknownNameError listing the accountants
+        # UnknownNameError, or ConfigError for an approximation (gdp), naming the valid ones
+        check_budget_accountant(self.accountant, "[user_dp] accountant")
 
     @property
     def enabled(self) -> bool:

@@ -13,10 +13,11 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["EvalResult", "TrainResult", "evaluate", "train_local"]
+__all__ = ["EvalResult", "TrainResult", "bounded_sums", "evaluate", "train_local"]
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -127,3 +128,24 @@ def evaluate(model: nn.Module, batches: Iterable[Batch]) -> EvalResult:
     if seen == 0:
         return EvalResult(0, float("nan"), float("nan"))
     return EvalResult(seen, loss_sum / seen, correct / seen)
+
+
+@torch.no_grad()
+def bounded_sums(model: nn.Module, batches: Iterable[Batch], loss_bound: float) -> np.ndarray:
+    """``(sum_i min(l_i, B) / B, sum_i correct_i, n)`` over ``batches`` in eval mode.
+
+    Each example adds at most 1 to every coordinate: the bounded sums that the
+    Gaussian mechanism of :mod:`securefed.privacy.stats` noises (sensitivity sqrt 3).
+    """
+    model.eval()
+    sums = np.zeros(3)
+    for batch in batches:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits
+        losses = nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
+        clipped = torch.clamp(torch.nan_to_num(losses, nan=loss_bound, posinf=loss_bound),
+                              0.0, loss_bound)
+        sums += (float(clipped.sum()) / loss_bound,
+                 float((logits.argmax(-1) == batch["labels"]).sum()),
+                 float(batch["labels"].shape[0]))
+    return sums

@@ -212,6 +212,7 @@ class HomomorphicAggregation(SumOnlyAggregation):
         assert self.public_context is not None
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         length = int(sum(np.size(v) for v in self.inner.global_payload.values()))
+        length += len(self.secure_stats)  # statistics summed in the channel (sum_only)
         self.config_for(len(messages), length)
         self._nodes = [int(m.metadata.dst_node_id) for m in messages]
         sent_context = 0
@@ -277,6 +278,7 @@ class HomomorphicAggregation(SumOnlyAggregation):
         if stats is not None:
             stats.bytes_up = bytes_up
         length = int(sum(np.size(v) for v in self.inner.global_payload.values()))
+        length += len(self.secure_stats)  # statistics summed in the channel (sum_only)
         need = max(2, self.inner.min_replies)
         if len(good) < need:
             raise AggregationError(f"round {server_round}: {len(good)} valid ciphertexts, "
@@ -287,7 +289,8 @@ class HomomorphicAggregation(SumOnlyAggregation):
             # one malformed ciphertext poisons the sum: find and drop it
             total = self._add_valid(good)
         values = self._decrypt(server_round, total, length + 1, len(good))
-        update_sum = unflatten(values[:length] * self.max_weight,
+        update, summed = self.split_stats(values[:length], self.clipping_range, len(good))
+        update_sum = unflatten(update * self.max_weight,
                                [(k, np.shape(v)) for k, v in
                                 sorted(self.inner.global_payload.items())])
         weight_sum = float(values[length] * self.max_weight)
@@ -295,7 +298,8 @@ class HomomorphicAggregation(SumOnlyAggregation):
                    ckks_authority=self.authority, ckks_terms=len(good),
                    exactness=self.exactness)
         return self.inner.aggregate_from_sum(server_round, update_sum, round(weight_sum),
-                                             sorted(good), mean_metrics(replied))
+                                             sorted(good),
+                                             MetricRecord({**mean_metrics(replied), **summed}))
 
     def _add_valid(self, good: dict[int, bytes]) -> bytes:
         for node, ct in list(good.items()):

@@ -168,6 +168,7 @@ class SecureAggregation(SumOnlyAggregation):
         self._grid = grid
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         length = int(sum(np.size(v) for v in self.inner.global_payload.values()))
+        length += len(self.secure_stats)  # statistics summed in the channel (sum_only)
         cfg = self.config_for(len(messages), length, round_id=server_round)
         self._config = cfg
         self._ids = {int(m.metadata.dst_node_id): i + 1 for i, m in enumerate(messages)}
@@ -280,7 +281,9 @@ class SecureAggregation(SumOnlyAggregation):
         node_of = {cid: node for node, cid in self._ids.items()}
         contributors = [node_of[cid] for cid in result.survivors]
         assert result.weight_sum is not None
-        flat_sum = result.values * float(self.max_weight)
+        values, summed = self.split_stats(result.values, self.clipping_range,
+                                          len(contributors))
+        flat_sum = values * float(self.max_weight)
         layout = [(k, np.shape(v)) for k, v in sorted(self.inner.global_payload.items())]
         update_sum = unflatten(flat_sum, layout)
         if stats is not None:
@@ -291,19 +294,9 @@ class SecureAggregation(SumOnlyAggregation):
             secagg_degree=cfg.graph.degree,
             secagg_threshold=cfg.graph.threshold,
             secagg_bits=cfg.bits,
-            secagg_clipped=_clipped(trained),
+            secagg_clipped=summed.get("secure-clipped"),  # summed masked, or not sent
             exactness=self.exactness,
         )
         return self.inner.aggregate_from_sum(server_round, update_sum,
                                              float(result.weight_sum), contributors,
-                                             mean_metrics(trained))
-
-
-def _clipped(replies: list[Message]) -> int:
-    """Coordinates the clients clipped (``on_overflow = "clip"``), summed."""
-    total = 0
-    for msg in replies:
-        record = msg.content.metric_records.get("metrics")
-        value = record.get("secure-clipped", 0) if record is not None else 0
-        total += int(value) if isinstance(value, int | float) else 0
-    return total
+                                             MetricRecord({**mean_metrics(trained), **summed}))

@@ -15,6 +15,13 @@ factor-wise mean of ``A`` and ``B`` is not the mean of ``B·A`` (FFA-LoRA, arXiv
 the config opts in to the inexact mean (``[secure] allow_inexact = true``, reported in
 the summary) or sends the exact dense product (``[federation] payload_form = "dense"``).
 
+Statistics in the channel
+-------------------------
+:class:`SecureStats` appends per-client statistics (the clip count, train loss and
+accuracy: ``securefed.app.egress.secure_stat_names``) to the vector a client masks or
+encrypts, each mapped to ``[0, c]``; the server splits them off the *sum* and learns
+only their total. A client never sends them in the clear under a secure mode.
+
 This module is numpy-only; it never imports torch.
 """
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,15 +37,86 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from securefed.exceptions import AggregationError, ConfigError
+from securefed.exceptions import AggregationError, ConfigError, PayloadError
 from strategies.adapter_fedavg import TrainRoundStats
 
-__all__ = ["SumAggregator", "SumOnlyAggregation", "check_exactness"]
+__all__ = ["SecureStats", "SumAggregator", "SumOnlyAggregation", "check_exactness"]
 
 log = logging.getLogger(__name__)
 
 #: Name of the ConfigRecord that carries a wrapper's protocol fields in both directions.
 PROTOCOL_RECORD = "secure"
+
+
+@dataclass(frozen=True)
+class SecureStats:
+    """Per-client statistics summed inside the secure channel (see the module).
+
+    Each statistic ``v`` with range ``[0, B]`` travels as ``clip(v / B, 0, 1) · c``
+    (``c`` the clipping range, so it lies where update coordinates lie); the server
+    recovers ``B / c`` times the sum. ``secure-clipped`` travels as the fraction of the
+    update's coordinates that were clipped and comes back as the total count.
+
+    Parameters
+    ----------
+    names : tuple of str
+        The statistics, in vector order (empty: none).
+    loss_bound : float
+        ``B`` of ``train-loss`` (per-example losses above it count as ``B``).
+    """
+
+    names: tuple[str, ...] = ()
+    loss_bound: float = 10.0
+
+    KNOWN = ("secure-clipped", "train-loss", "train-accuracy")
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.names) - set(self.KNOWN))
+        if unknown or len(set(self.names)) != len(self.names):
+            raise ConfigError(f"secure statistics {list(self.names)}: each must be one of "
+                              f"{', '.join(self.KNOWN)}, at most once")
+        if not (np.isfinite(self.loss_bound) and self.loss_bound > 0):
+            raise ConfigError(f"loss_bound must be a finite number > 0, got {self.loss_bound}")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _bound(self, name: str) -> float:
+        return self.loss_bound if name == "train-loss" else 1.0
+
+    def encode(self, values: Mapping[str, Any], clipping_range: float) -> np.ndarray:
+        """The coordinates one client appends (a missing or non-finite value is refused).
+
+        Raises
+        ------
+        PayloadError
+            If a statistic is missing or not a finite number.
+        """
+        out = np.zeros(len(self.names))
+        for i, name in enumerate(self.names):
+            value = values.get(name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    np.isfinite(value)):
+                raise PayloadError(f"statistic {name!r} to sum securely is {value!r}")
+            out[i] = min(max(float(value) / self._bound(name), 0.0), 1.0) * clipping_range
+        return out
+
+    def split(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(update part, statistics part)`` of a summed vector."""
+        cut = values.size - len(self.names)
+        return values[:cut], values[cut:]
+
+    def decode(self, sums: np.ndarray, clipping_range: float, contributors: int,
+               update_length: int) -> dict[str, float]:
+        """Totals and means: ``secure-clipped`` summed, loss and accuracy averaged."""
+        out: dict[str, float] = {}
+        for name, total in zip(self.names, np.asarray(sums, dtype=np.float64), strict=True):
+            value = float(total) / clipping_range * self._bound(name)
+            if name == "secure-clipped":
+                out[name] = float(round(value * update_length))
+            else:
+                out[name] = value / max(contributors, 1)
+        return out
 
 
 class SumAggregator(Protocol):
@@ -144,6 +223,24 @@ class SumOnlyAggregation(Strategy):
                                          self.wrapper_name)
         self.stage_timeout = stage_timeout
         self._grid: Grid | None = None
+        self.secure_stats = SecureStats()
+
+    def use_secure_stats(self, stats: SecureStats) -> None:
+        """Expect ``stats`` appended to every client's vector (set before round 1)."""
+        self.secure_stats = stats
+
+    def split_stats(self, values: np.ndarray, clipping_range: float,
+                    contributors: int) -> tuple[np.ndarray, MetricRecord]:
+        """Split the summed statistics off a decoded sum: ``(update sum, metrics)``.
+
+        The metrics hold the statistics' totals or means (:meth:`SecureStats.decode`),
+        also noted in the round's statistics.
+        """
+        update, sums = self.secure_stats.split(np.asarray(values, dtype=np.float64))
+        stats = self.secure_stats.decode(sums, clipping_range, contributors, update.size)
+        if stats:
+            self._note(secure_stats=stats)
+        return update, MetricRecord(dict(stats))
 
     # ------------------------------------------------------------- messaging
     def _send(self, server_round: int, contents: Mapping[int, RecordDict],

@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import Strategy
 
 from securefed.config import ExperimentConfig
 from securefed.exceptions import ConfigError
-from securefed.privacy.accountants import create_accountant
+from securefed.privacy.accountants import create_budget_accountant
 from securefed.privacy.calibration import calibrate_noise
 from securefed.privacy.noise import RandomSource, make_source
 from strategies.adapter_fedavg import AdapterFedAvg
@@ -116,7 +116,8 @@ def wrap_user_dp(config: ExperimentConfig, strategy: Strategy, adapter: AdapterF
     z = user_noise(config)
     source = _source(config, offset=7_777)
     settings = UserDPSettings(
-        adapter=adapter, accountant=create_accountant(u.accountant),
+        adapter=adapter,
+        accountant=create_budget_accountant(u.accountant, "[user_dp] accountant"),
         sample_rate=sample_rate(config), delta=u.delta, budget=u.budget,
         strict=u.on_missing == "error", source=source, observer=observer)
     kwargs: dict[str, Any] = {"noise_multiplier": z, "clipping_norm": u.clipping_norm,

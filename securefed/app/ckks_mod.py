@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from securefed.app.protocol_mod import CallNext, StageHandler, client_update, dispatch
+from securefed.app.protocol_mod import (
+    CallNext,
+    StageHandler,
+    client_update,
+    dispatch,
+    secure_stats_of,
+)
 from securefed.exceptions import PrivacyError
 from securefed.he import CKKSConfig, decrypt_sum, encrypt_vector, generate_keys, load_context
 from securefed.secagg.crypto import (
@@ -141,7 +147,8 @@ def _setup(msg: Message, context: Context, call_next: CallNext) -> Message:
     if reply.has_error():
         return reply
     update = client_update(msg, reply, clipping_range=clipping_range, on_overflow=on_overflow,
-                           max_weight=max_weight, vector_length=vector_length)
+                           max_weight=max_weight, vector_length=vector_length,
+                           stats=secure_stats_of(context))
     ciphertext = encrypt_vector(public, np.append(update.scaled, update.scale))
     return _reply(msg, {"ciphertext": ciphertext}, update.metrics)
 

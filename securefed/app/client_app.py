@@ -9,7 +9,8 @@ The experiment config comes from ``context.run_config`` (see
 :func:`securefed.app.settings.config_from_run_config`), the client's partition from
 ``context.node_config["partition-id"]``. Client-side privacy steps (masking, encryption,
 and clipping inside them) are Flower mods around these handlers (:data:`MODS`); the
-order is documented in ``docs/architecture.md``. Loading this module does not import
+order is documented in ``docs/architecture.md``; what may leave, in
+``docs/privacy.md``. Loading this module does not import
 torch (the handlers import :mod:`securefed.app.local` on first use).
 """
 
@@ -21,14 +22,17 @@ from flwr.clientapp.typing import Mod
 
 from securefed.app.ckks_mod import ckks_mod
 from securefed.app.clipping_mod import clipping_mod
+from securefed.app.egress_mod import egress_mod
 from securefed.app.secagg_mod import secagg_mod
 
 __all__ = ["app", "handle_evaluate", "handle_train"]
 
-#: Privacy mods, outermost first. ``secagg_mod`` and ``ckks_mod`` pass through every
-#: message that is not part of their protocol; ``clipping_mod`` (user-level DP) runs
-#: inside them, so the update is clipped before it is masked or encrypted.
-MODS: list[Mod] = [secagg_mod, ckks_mod, clipping_mod]
+#: Privacy mods, outermost first. ``egress_mod`` is the single exit: every reply passes
+#: it last, and only what the run's allow-list names leaves (securefed.app.egress).
+#: ``secagg_mod`` and ``ckks_mod`` pass through every message that is not part of their
+#: protocol; ``clipping_mod`` (user-level DP) runs inside them, so the update is
+#: clipped before it is masked or encrypted.
+MODS: list[Mod] = [egress_mod, secagg_mod, ckks_mod, clipping_mod]
 
 app = ClientApp(mods=MODS)
 

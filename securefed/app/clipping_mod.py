@@ -9,9 +9,9 @@ arXiv:1710.06963), writes ``g + clip(Δ)`` back, and:
 * reports Flower's ``"norm_bit"`` (1 if the update was clipped) only when the server
   asks for it (``"securefed.report-norm-bit"``: client-side adaptive clipping, which is
   plaintext-only) — under secure aggregation the bit would travel in the clear;
-* sets the reply's weight ``num-examples`` to 1, keeping the true count as
-  ``train-examples`` (under user-level DP every user counts once; under secure
-  aggregation the weight travels inside the masked vector, so it must be set here).
+* sets the reply's weight ``num-examples`` to 1 (under user-level DP every user counts
+  once; under secure aggregation the weight travels inside the masked vector, so it
+  must be set here). The true count never leaves (``securefed.app.egress``).
 
 Flower's ``fixedclipping_mod`` / ``adaptiveclipping_mod`` cannot be used as they are:
 they require exactly one ArrayRecord and one ConfigRecord, and securefed's messages
@@ -79,7 +79,6 @@ def clip_reply(msg: Message, reply: Message, clipping_norm: float) -> Message:
     if metrics is None or "num-examples" not in metrics:
         raise PayloadError("reply lacks metric 'num-examples'")
     plain = dict(metrics)
-    plain["train-examples"] = plain.pop("num-examples")
     plain["num-examples"] = 1
     if _reports_bit(msg):  # adaptive clipping only: otherwise the bit would leak for nothing
         plain[KEY_NORM_BIT] = int(clipped)

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
+from securefed.app.egress import client_weight
 from securefed.app.runtime import ClientData, TunedModel, client_data, tuned_model
 from securefed.app.settings import config_from_run_config, partition_id_of
 from securefed.config import ExperimentConfig
 from securefed.exceptions import PayloadError
-from securefed.training import evaluate, train_local
+from securefed.training import bounded_sums, evaluate, train_local
 from strategies.records import read_payload, write_payload
 
 __all__ = ["handle_evaluate", "handle_train"]
@@ -52,13 +53,17 @@ def handle_train(msg: Message, context: Context) -> Message:
     if config.dp.enabled:
         from securefed.app.private_training import run_private_round
 
-        private, ledger = run_private_round(
+        def sums() -> np.ndarray:  # bounded sums for noised statistics, on demand
+            return bounded_sums(tm.model, data.train.batches(config.train.eval_batch_size,
+                                                             shuffle=False),
+                                config.report.loss_bound)
+
+        # no raw loss / accuracy: under DP only the ledger and noised statistics exist
+        _, ledger = run_private_round(
             config, context, pid, tm.model, data.train.inputs, data.train.labels,
-            seed=round_seed)
-        metrics = MetricRecord({
-            "num-examples": len(data.train), "train-loss": private.loss,
-            "train-accuracy": private.accuracy, "train-steps": private.steps,
-            "train-seconds": time.perf_counter() - started, **ledger})
+            seed=round_seed, stats=sums)
+        metrics = MetricRecord({"num-examples": client_weight(config, len(data.train)),
+                                **ledger})
     else:
         metrics = _train_plain(tm, data, config, server_round, started)
     content = RecordDict({**write_payload(tm.payload()), "metrics": metrics})
@@ -72,6 +77,8 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     tm = tuned_model(config)
     data = client_data(config, partition_id_of(context))
     tm.load(_global_payload(msg))
+    if config.dp.enabled:  # only noised statistics may leave (securefed.app.egress)
+        return _evaluate_private(msg, context, config, tm, data)
     res = evaluate(tm.model, data.val.batches(config.train.eval_batch_size, shuffle=False))
     empty = res.num_examples == 0
     metrics = MetricRecord({
@@ -80,6 +87,24 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         "eval-accuracy": 0.0 if empty else res.accuracy,
     })
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def _evaluate_private(msg: Message, context: Context, config: ExperimentConfig,
+                      tm: TunedModel, data: ClientData) -> Message:
+    """Noised evaluation statistics (``client_stats = "noised"``), weight 1; else none."""
+    from securefed.app.private_training import noised_stats_on, release_eval_stats
+
+    if not noised_stats_on(config):
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 0})}),
+                       reply_to=msg)
+    sums = bounded_sums(tm.model, data.val.batches(config.train.eval_batch_size,
+                                                   shuffle=False), config.report.loss_bound)
+    server_round = msg.content.config_records["config"].get("server-round", 0)
+    seed = config.experiment.seed * 7_919 + partition_id_of(context) * 31 + int(
+        server_round if isinstance(server_round, int) else 0)
+    released = release_eval_stats(config, context, partition_id_of(context), sums, seed)
+    return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1, **released})}),
+                   reply_to=msg)
 
 
 def _train_plain(tm: TunedModel, data: ClientData, config: ExperimentConfig,
@@ -100,7 +125,7 @@ def _train_plain(tm: TunedModel, data: ClientData, config: ExperimentConfig,
         steps += res.steps
         loss, acc = res.loss, res.accuracy
     return MetricRecord({
-        "num-examples": len(data.train),
+        "num-examples": client_weight(config, len(data.train)),
         "train-loss": loss,
         "train-accuracy": acc,
         "train-steps": steps,

@@ -5,6 +5,12 @@ ConfigRecord names their protocol, route by its ``stage`` field through a regist
 stage handlers, and turn every refusal into an error reply that names the cause (the
 server then treats the node as dropped for the round). Anything else passes through
 to the next mod or handler untouched.
+
+:func:`client_update` builds what a trained client contributes to the sum. Nothing
+about the update travels beside it in the clear: its L-infinity norm never leaves, and
+its clip count and the statistics ``[report] client_stats = "secure-sum"`` asks for are
+appended to the masked / encrypted vector (:class:`strategies.sum_only.SecureStats`).
+What else may leave is decided by :mod:`securefed.app.egress`.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import Context, Error, Message, MetricRecord
@@ -20,10 +27,10 @@ from securefed.exceptions import PayloadError, PrivacyError, SecurefedError
 from securefed.secagg import flatten_payload
 from securefed.secagg.errors import ProtocolError
 from strategies.records import read_payload
-from strategies.sum_only import PROTOCOL_RECORD
+from strategies.sum_only import PROTOCOL_RECORD, SecureStats
 
 __all__ = ["CallNext", "ClientUpdate", "StageHandler", "client_update", "dispatch",
-           "update_vector"]
+           "secure_stats_of", "update_vector"]
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +59,31 @@ def update_vector(global_payload: Mapping[str, np.ndarray], new_payload: Mapping
     largest = float(np.max(np.abs(delta))) if delta.size else 0.0
     outside = int(np.count_nonzero(np.abs(delta) > clipping_range))
     if outside and on_overflow != "clip":
+        # the count and the largest value stay in this client's log: the refusal that
+        # reaches the server says only that the range was exceeded
+        log.warning("%d update coordinates exceed [-%g, %g] (largest |value| %.4g)",
+                    outside, clipping_range, clipping_range, largest)
         raise PrivacyError(
-            f"{outside} update coordinates exceed the secure-aggregation clipping range "
-            f"[-{clipping_range:g}, {clipping_range:g}] (largest |value| {largest:.4g}); "
-            "raise [secure] clipping_range, or set on_overflow = \"clip\" to clip and "
-            "report them"
+            "update coordinates exceed the secure-aggregation clipping range "
+            f"[-{clipping_range:g}, {clipping_range:g}]; raise [secure] clipping_range, or "
+            "set on_overflow = \"clip\" to clip them (the client's log has the count)"
         )
     return np.clip(delta, -clipping_range, clipping_range), outside, largest
 
 
+def secure_stats_of(context: Context) -> SecureStats:
+    """The statistics this client appends to its vector, from its own run config."""
+    from securefed.app.egress import secure_stat_names
+    from securefed.app.settings import config_from_run_config
+
+    config = config_from_run_config(context.run_config)
+    return SecureStats(secure_stat_names(config), config.report.loss_bound)
+
+
 @dataclass(frozen=True)
 class ClientUpdate:
-    """A trained client's contribution to a sum: ``w / W · (x - g)`` and ``w / W``."""
+    """A trained client's contribution to a sum: ``[w / W · (x - g), stats]`` and
+    ``w / W``."""
 
     scaled: np.ndarray
     weight: int
@@ -72,11 +92,14 @@ class ClientUpdate:
 
 
 def client_update(msg: Message, reply: Message, *, clipping_range: float, on_overflow: str,
-                  max_weight: int, vector_length: int) -> ClientUpdate:
+                  max_weight: int, vector_length: int,
+                  stats: SecureStats | None = None) -> ClientUpdate:
     """Turn a train reply into the weight-scaled update a sum-only protocol sends.
 
     The plaintext metrics keep everything but ``num-examples`` (the weight travels
-    inside the masked or encrypted vector) and gain the clip count and largest update.
+    inside the masked or encrypted vector); the egress allow-list then drops what may
+    not leave. ``stats`` (the clip count as a fraction of the coordinates, train loss
+    and accuracy) are appended to the vector, never sent in the clear.
 
     Raises
     ------
@@ -90,15 +113,18 @@ def client_update(msg: Message, reply: Message, *, clipping_range: float, on_ove
     if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= max_weight:
         raise PayloadError(f"'num-examples' must be an int in [1, max_weight={max_weight}], "
                            f"got {weight!r}; raise [secure] max_weight for larger clients")
-    delta, clipped, largest = update_vector(read_payload(msg.content),
-                                            read_payload(reply.content),
-                                            clipping_range, on_overflow)
-    if delta.size != vector_length:
-        raise PayloadError(f"update has {delta.size} values, the round expects {vector_length}")
+    stats = stats or SecureStats()
+    delta, clipped, _ = update_vector(read_payload(msg.content), read_payload(reply.content),
+                                      clipping_range, on_overflow)
+    if delta.size + len(stats) != vector_length:
+        raise PayloadError(f"update has {delta.size} values and {len(stats)} statistics, "
+                           f"the round expects {vector_length} (the server and this client "
+                           "disagree on [secure] / [report])")
     plain = {k: v for k, v in (metrics or {}).items() if k != "num-examples"}
-    plain.update({"secure-clipped": clipped, "secure-max-abs-update": largest})
+    values: dict[str, Any] = {**plain, "secure-clipped": clipped / max(delta.size, 1)}
     scale = weight / max_weight
-    return ClientUpdate(delta * scale, weight, scale, MetricRecord(plain))
+    vector = np.concatenate([delta * scale, stats.encode(values, clipping_range)])
+    return ClientUpdate(vector, weight, scale, MetricRecord(plain))
 
 
 def dispatch(msg: Message, context: Context, call_next: CallNext, *, protocol: str,

@@ -36,7 +36,13 @@ from flwr.app import (
     RecordDict,
 )
 
-from securefed.app.protocol_mod import CallNext, StageHandler, client_update, dispatch
+from securefed.app.protocol_mod import (
+    CallNext,
+    StageHandler,
+    client_update,
+    dispatch,
+    secure_stats_of,
+)
 from securefed.secagg import SecAggClient, SecAggConfig
 from securefed.secagg.errors import ProtocolError
 from securefed.secagg.serial import (
@@ -125,7 +131,8 @@ def _masked_input(msg: Message, context: Context, call_next: CallNext) -> Messag
     q = config.quantization
     update = client_update(msg, reply, clipping_range=q.clipping_range,
                            on_overflow=q.on_overflow, max_weight=q.max_weight,
-                           vector_length=config.vector_length)
+                           vector_length=config.vector_length,
+                           stats=secure_stats_of(context))
     out = client.masked_input(bundle, update.scaled,
                               update.weight if config.has_weight else None)
     _save(context, client, config)

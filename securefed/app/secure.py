@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 from flwr.serverapp.strategy import Strategy
 
+from securefed.app.egress import client_weight, secure_stat_names
 from securefed.config import ExperimentConfig
 from securefed.exceptions import ConfigError
 from securefed.methods import TuningMethod
 from securefed.registry import Registry
 from strategies.adapter_fedavg import AdapterFedAvg
 from strategies.secure_aggregation import SecureAggregation
+from strategies.sum_only import SecureStats, SumOnlyAggregation
 
 __all__ = ["SECURE_WRAPPERS", "check_secure", "secure_facts", "wrap_strategy"]
 
@@ -37,9 +39,9 @@ def _none(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod) 
 def _shared(config: ExperimentConfig, method: TuningMethod) -> dict[str, Any]:
     """The arguments both sum-only wrappers take from ``[secure]`` and the method."""
     s = config.secure
-    # Under user-level DP every client weighs 1 (clipping_mod): max_weight = 1 keeps the
-    # quantisation error of a contribution at one grid step, not max_weight steps.
-    max_weight = 1 if config.user_dp.enabled else s.max_weight
+    # Under [dp] or [user_dp] every client weighs 1 (egress.client_weight): max_weight = 1
+    # keeps the quantisation error of a contribution at one grid step, not max_weight.
+    max_weight = 1 if client_weight(config, 2) == 1 else s.max_weight
     return {"method": method.name, "exact_under_sum": method.semantics.exact_under_sum,
             "allow_inexact": s.allow_inexact, "clipping_range": s.clipping_range,
             "max_weight": max_weight, "on_overflow": s.on_overflow,
@@ -85,7 +87,11 @@ def wrap_strategy(config: ExperimentConfig, inner: AdapterFedAvg,
         parameters cannot work for ``clients_per_round`` clients (overflow bound,
         neighbour graph, CKKS range).
     """
-    return SECURE_WRAPPERS.get(config.secure.mode)(config, inner, method)
+    strategy = SECURE_WRAPPERS.get(config.secure.mode)(config, inner, method)
+    if isinstance(strategy, SumOnlyAggregation):  # statistics summed in the channel
+        strategy.use_secure_stats(SecureStats(secure_stat_names(config),
+                                              config.report.loss_bound))
+    return strategy
 
 
 def check_secure(config: ExperimentConfig, method: TuningMethod) -> None:

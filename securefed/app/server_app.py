@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from securefed.app.central_dp import adapter_options, user_dp_facts, wrap_user_dp
+from securefed.app.egress import client_egress
 from securefed.app.runtime import heldout_split, histograms, tuned_model, write_json
 from securefed.app.secure import secure_facts, wrap_strategy
 from securefed.app.settings import config_from_run_config, run_dir_of
@@ -109,6 +110,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
         "adapter_dir": None,
         **secure_facts(config, tm.method),
         **user_dp_facts(config),
+        "client_egress": client_egress(config),  # what left clients in the clear
     }
     try:
         result = strategy.start(

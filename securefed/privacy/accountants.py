@@ -31,8 +31,12 @@ name      analysis                                                     upper bou
 ========  ===========================================================  ============
 
 ``gdp`` relies on a central-limit approximation that can *underestimate* epsilon
-(Gopi et al. 2021); its :attr:`Accountant.is_upper_bound` is ``False`` so that budget
-code can refuse it where a guarantee is needed.
+(Gopi et al. 2021); its :attr:`Accountant.is_upper_bound` is ``False``.
+:func:`create_budget_accountant` and :func:`check_budget_accountant` refuse it (a
+:class:`~securefed.exceptions.ConfigError` naming :data:`BUDGET_ACCOUNTANTS`): every
+budget, ledger and noise calibration uses them, so an approximation never decides how
+much noise protects a client. ``securefed privacy epsilon`` may still print a ``gdp``
+epsilon, labelled as an approximation.
 
 Opacus and ``dp_accounting`` are imported lazily: importing Opacus pulls in torch
 (seconds), and nothing here needs it until an epsilon is computed.
@@ -56,13 +60,16 @@ from securefed.registry import Registry
 
 __all__ = [
     "ACCOUNTANTS",
+    "BUDGET_ACCOUNTANTS",
     "STATE_VERSION",
     "Accountant",
     "GDPAccountant",
     "PLDAccountant",
     "PRVAccountant",
     "RDPAccountant",
+    "check_budget_accountant",
     "create_accountant",
+    "create_budget_accountant",
     "register_accountant",
     "validate_delta",
     "validate_step",
@@ -234,3 +241,53 @@ def create_accountant(name: str) -> Accountant:
 for _cls in (RDPAccountant, PRVAccountant, GDPAccountant, PLDAccountant):
     register_accountant(_cls.mechanism, _cls)
 del _cls
+
+
+def budget_accountants() -> tuple[str, ...]:
+    """Names of the registered accountants whose epsilon is a proven upper bound."""
+    return tuple(sorted(n for n in ACCOUNTANTS.names() if ACCOUNTANTS.get(n).is_upper_bound))
+
+
+#: Accountants valid for budgets, ledgers and noise calibration (upper bounds only).
+BUDGET_ACCOUNTANTS: tuple[str, ...] = budget_accountants()
+
+
+def check_budget_accountant(name: str, where: str = "accountant") -> None:
+    """Refuse an accountant that is unknown or not a proven upper bound.
+
+    Parameters
+    ----------
+    name : str
+        The accountant's registry name.
+    where : str
+        What is being set, for the message (e.g. ``"[dp] accountant"``).
+
+    Raises
+    ------
+    UnknownNameError
+        If no accountant has that name.
+    ConfigError
+        If its epsilon is an approximation (``gdp``): a budget or a calibrated noise
+        multiplier needs an upper bound. The message names the valid accountants.
+    """
+    cls = ACCOUNTANTS.get(name)
+    if not cls.is_upper_bound:
+        valid = ", ".join(budget_accountants())
+        raise ConfigError(
+            f"{where} = {name!r} is an approximation that can underestimate epsilon "
+            f"(central-limit theorem; Gopi et al. 2021, arXiv 2106.02848) and cannot "
+            f"enforce a budget or calibrate noise; valid accountants: {valid}. "
+            f"'securefed privacy epsilon --accountant {name}' still prints it, labelled "
+            "as an approximation")
+
+
+def create_budget_accountant(name: str, where: str = "accountant") -> Accountant:
+    """A fresh accountant for budgets and ledgers: a proven upper bound only.
+
+    Raises
+    ------
+    UnknownNameError, ConfigError
+        As :func:`check_budget_accountant`.
+    """
+    check_budget_accountant(name, where)
+    return create_accountant(name)

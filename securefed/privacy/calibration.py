@@ -3,9 +3,16 @@
 :func:`calibrate_noise` searches the noise multiplier sigma of the Poisson-subsampled
 Gaussian mechanism of DP-SGD (Abadi et al. 2016, arXiv 1607.00133) by bisection. It
 uses only the :class:`~securefed.privacy.accountants.Accountant` interface, with a
-fresh accountant for every probe, so it works with any registered analysis: RDP
-(Mironov 2017, arXiv 1702.07476), PRV (Gopi et al. 2021, arXiv 2106.02848), GDP
-(Dong et al. 2019, arXiv 1905.02383) or PLD (Doroshenko et al. 2022, arXiv 2207.04380).
+fresh accountant for every probe, so it works with any registered analysis whose
+epsilon is a proven upper bound: RDP (Mironov 2017, arXiv 1702.07476), PRV (Gopi et
+al. 2021, arXiv 2106.02848) or PLD (Doroshenko et al. 2022, arXiv 2207.04380). GDP
+(Dong et al. 2019, arXiv 1905.02383) is a central-limit approximation that can
+underestimate epsilon: calibrating with it is a ConfigError
+(:func:`~securefed.privacy.accountants.check_budget_accountant`).
+
+``extra`` composes further, fixed mechanisms with the calibrated steps (for example
+the Gaussian releases of noised client statistics, :mod:`securefed.privacy.stats`), so
+that the calibrated sigma keeps the *whole* run within the target.
 
 The result is always the *upper* end of the final bracket, a sigma whose epsilon was
 computed and found ``<= target_epsilon``. The guarantee therefore holds even where a
@@ -15,15 +22,17 @@ numerical accountant is not exactly monotone in sigma.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from securefed.exceptions import ConfigError
 from securefed.privacy.accountants import (
-    ACCOUNTANTS,
+    check_budget_accountant,
     create_accountant,
     validate_delta,
     validate_step,
 )
+from securefed.privacy.base import HistoryEntry
 
 __all__ = ["SIGMA_MAX", "SIGMA_MIN", "CalibrationResult", "calibrate_noise", "epsilon_for"]
 
@@ -57,9 +66,13 @@ def _check_steps(steps: object) -> None:
 
 def epsilon_for(
     accountant_name: str, *, noise_multiplier: float, sample_rate: float, steps: int,
-    delta: float,
+    delta: float, extra: Sequence[HistoryEntry] = (),
 ) -> float:
-    """Epsilon of ``steps`` subsampled Gaussian steps, from a fresh accountant.
+    """Epsilon of ``steps`` subsampled Gaussian steps (then ``extra``), from a fresh
+    accountant.
+
+    Any registered accountant is accepted here, ``gdp`` included (``securefed privacy
+    epsilon`` labels it as an approximation); budgets and calibration refuse it.
 
     Raises
     ------
@@ -71,6 +84,8 @@ def epsilon_for(
     acc = create_accountant(accountant_name)
     _check_steps(steps)
     acc.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate, num_steps=steps)
+    for sigma, q, n in extra:
+        acc.step(noise_multiplier=sigma, sample_rate=q, num_steps=n)
     return acc.get_epsilon(delta)
 
 
@@ -82,6 +97,7 @@ def calibrate_noise(
     sample_rate: float,
     steps: int,
     tol: float = 1e-3,
+    extra: Sequence[HistoryEntry] = (),
 ) -> CalibrationResult:
     """Smallest noise multiplier (up to ``tol``) with epsilon ``<= target_epsilon``.
 
@@ -99,6 +115,9 @@ def calibrate_noise(
         Total number of steps (local steps per round times rounds), >= 1.
     tol : float
         Relative width of the final bracket on sigma, in ``(0, 1)``.
+    extra : sequence of (noise_multiplier, sample_rate, num_steps)
+        Fixed mechanisms composed after the calibrated steps (their cost counts
+        against the target; they are not calibrated).
 
     Returns
     -------
@@ -112,11 +131,12 @@ def calibrate_noise(
     UnknownNameError
         If no accountant has that name.
     ConfigError
-        If an argument is out of range, or the target cannot be met with a noise
-        multiplier up to :data:`SIGMA_MAX` (e.g. RDP cannot go much below 0.1 at
-        delta = 1e-5 with its default orders).
+        If the accountant is not a proven upper bound (``gdp``), an argument is out of
+        range, or the target cannot be met with a noise multiplier up to
+        :data:`SIGMA_MAX` (e.g. RDP cannot go much below 0.1 at delta = 1e-5 with its
+        default orders).
     """
-    ACCOUNTANTS.get(accountant_name)  # unknown names fail before any work
+    check_budget_accountant(accountant_name)  # unknown names and gdp fail before any work
     if isinstance(target_epsilon, bool) or not isinstance(target_epsilon, int | float) or not (
         math.isfinite(target_epsilon) and target_epsilon > 0
     ):
@@ -126,10 +146,13 @@ def calibrate_noise(
     validate_step(1.0, sample_rate, steps)
     if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 < tol < 1:
         raise ConfigError(f"tol must be in (0, 1), got {tol!r}")
+    extra = tuple(extra)
+    for entry in extra:
+        validate_step(*entry)
 
     def eps(sigma: float) -> float:
         return epsilon_for(accountant_name, noise_multiplier=sigma, sample_rate=sample_rate,
-                           steps=steps, delta=delta)
+                           steps=steps, delta=delta, extra=extra)
 
     # Bracket: eps(lo) > target >= eps(hi).
     hi = 1.0

@@ -6,11 +6,14 @@ Commands
 --------
 ``epsilon --accountant NAME --noise-multiplier S --sample-rate Q --steps N --delta D [--json]``
     Epsilon spent by N Poisson-subsampled Gaussian steps. JSON keys: ``epsilon``,
-    ``accountant``, ``delta``, ``noise_multiplier``, ``sample_rate``, ``steps``.
+    ``accountant``, ``delta``, ``noise_multiplier``, ``sample_rate``, ``steps``,
+    ``upper_bound`` (``false`` for ``gdp``, a central-limit approximation that can
+    underestimate epsilon; the text output then says "approximation").
 ``noise --accountant NAME --target-epsilon E --sample-rate Q --steps N --delta D [--json]``
     Smallest noise multiplier whose epsilon is at most E. JSON keys:
     ``noise_multiplier``, ``epsilon`` (achieved), ``target_epsilon``, ``accountant``,
-    ``delta``, ``sample_rate``, ``steps``.
+    ``delta``, ``sample_rate``, ``steps``. Only upper-bound accountants (``rdp``,
+    ``prv``, ``pld``) calibrate; ``gdp`` is refused.
 
 Invalid arguments print ``error: ...`` on stderr and exit with code 2. The JSON keys
 are stable: other tools parse them.
@@ -32,7 +35,8 @@ privacy_app = typer.Typer(add_completion=False, no_args_is_help=True,
                           help="Privacy accounting: epsilon and noise calibration.")
 
 AccountantOpt = Annotated[str, typer.Option(
-    "--accountant", help="Accountant: rdp, prv, gdp or pld.")]
+    "--accountant", help="Accountant: rdp, prv, pld, or gdp (epsilon only; an "
+    "approximation that can underestimate epsilon).")]
 SampleRateOpt = Annotated[float, typer.Option(
     "--sample-rate", help="Poisson sampling rate q in (0, 1].")]
 StepsOpt = Annotated[int, typer.Option("--steps", help="Number of DP-SGD steps, >= 1.")]
@@ -56,18 +60,24 @@ def epsilon(
     as_json: JsonOpt = False,
 ) -> None:
     """Epsilon spent by STEPS Poisson-subsampled Gaussian steps."""
+    from securefed.privacy.accountants import ACCOUNTANTS
     from securefed.privacy.calibration import epsilon_for
 
     try:
         eps = epsilon_for(accountant, noise_multiplier=noise_multiplier,
                           sample_rate=sample_rate, steps=steps, delta=delta)
+        bound = ACCOUNTANTS.get(accountant).is_upper_bound
     except SecurefedError as exc:
         fail(exc)
+    label = "" if bound else (" -- an APPROXIMATION (central-limit theorem) that can "
+                              "underestimate epsilon; not valid for a budget")
     _emit({"epsilon": eps, "accountant": accountant, "delta": delta,
-           "noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": steps},
+           "noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": steps,
+           "upper_bound": bound},
           as_json,
-          f"epsilon = {eps:.6g} ({accountant}; delta={delta:g}, noise_multiplier="
-          f"{noise_multiplier:g}, sample_rate={sample_rate:g}, steps={steps})")
+          f"epsilon {'=' if bound else '~'} {eps:.6g} ({accountant}; delta={delta:g}, "
+          f"noise_multiplier={noise_multiplier:g}, sample_rate={sample_rate:g}, "
+          f"steps={steps}){label}")
 
 
 @privacy_app.command()

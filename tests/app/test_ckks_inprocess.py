@@ -109,8 +109,7 @@ def test_a_malformed_ciphertext_is_dropped_and_the_rest_aggregated(tiny_backbone
             record = dict(reply.content.config_records[PROTOCOL_RECORD])
             record["ciphertext"] = record["ciphertext"][:-100]
             return Message(RecordDict({PROTOCOL_RECORD: ConfigRecord(record),
-                                       "metrics": reply.content.metric_records["metrics"]}),
-                           reply_to=msg)
+                                       **reply.content.metric_records}), reply_to=msg)
         return reply
 
     app = ClientApp(mods=[corrupt, *client_module.MODS])

@@ -118,6 +118,6 @@ def test_dp_refuses_methods_opacus_cannot_privatise(tiny_backbones, tmp_path, me
     from tests.app.conftest import tiny_config
 
     cfg = tiny_config(tiny_backbones["bert"], tmp_path, method_name=method, dp=DP,
-                      method=params)
+                      method=params, federation={"evaluate_clients": 0})
     with pytest.raises(ConfigError, match=match):
         preflight(cfg)

@@ -142,7 +142,8 @@ def test_secure_modes_on_flower_simulation_engine(tiny_backbones, tmp_path, mode
     """SecAgg+ (with DP-SGD and user-level DP) and CKKS through `flwr run` on the
     simulation engine (Ray workers keep each node's Context between protocol stages)."""
     cfg = tiny_config(tiny_backbones["bert"], tmp_path / "run", method_name="ffa-lora",
-                      rounds=2, num_clients=3, per_round=3, secure={"mode": mode}, **tables)
+                      rounds=2, num_clients=3, per_round=3, secure={"mode": mode},
+                      federation={"evaluate_clients": 0}, **tables)
     summary = run_simulation(cfg, tmp_path / "run", num_cpus=1, timeout_s=300)
     assert summary["status"] == "completed" and summary["secure_mode"] == mode
     if tables:

@@ -35,7 +35,6 @@ def test_rdp_calibrated_epsilon_never_exceeds_target(target, q, steps, delta) ->
 
 @pytest.mark.parametrize(("name", "target", "q", "steps"), [
     ("prv", 3.0, 0.05, 100),
-    ("gdp", 2.0, 0.02, 500),
     ("pld", 3.0, 0.05, 100),
 ])
 def test_numerical_accountants_calibrate_below_target(name, target, q, steps) -> None:
@@ -86,3 +85,29 @@ def test_calibration_validation(kwargs, arg) -> None:
 def test_unknown_accountant() -> None:
     with pytest.raises(UnknownNameError, match="valid choices"):
         calibrate_noise("nope", target_epsilon=1.0, delta=1e-5, sample_rate=0.1, steps=10)
+
+
+def test_gdp_is_refused_for_calibration() -> None:
+    """Finding 7: the CLT approximation can underestimate epsilon; never calibrate with it."""
+    with pytest.raises(ConfigError, match=r"approximation.*valid accountants: pld, prv, rdp"):
+        calibrate_noise("gdp", target_epsilon=2.0, delta=1e-5, sample_rate=0.02, steps=500)
+
+
+def test_gdp_underestimates_where_calibration_would_have_used_it() -> None:
+    """Why: at the sigma GDP would pick, a proven upper bound (PRV) exceeds the target."""
+    sigma, q, steps, target = 1.0, 0.02, 500, 2.5
+    gdp = epsilon_for("gdp", noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5)
+    prv = epsilon_for("prv", noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5)
+    assert gdp <= target < prv  # GDP would accept sigma = 1 for 2.5; the proven bound is higher
+
+
+def test_extra_mechanisms_count_against_the_target() -> None:
+    base = calibrate_noise("rdp", target_epsilon=4.0, delta=1e-5, sample_rate=0.05,
+                           steps=200)
+    extra = ((5.0, 1.0, 10),)  # e.g. ten Gaussian releases of noised statistics
+    res = calibrate_noise("rdp", target_epsilon=4.0, delta=1e-5, sample_rate=0.05,
+                          steps=200, extra=extra)
+    assert res.noise_multiplier > base.noise_multiplier
+    assert res.epsilon <= 4.0
+    assert res.epsilon == epsilon_for("rdp", noise_multiplier=res.noise_multiplier,
+                                      sample_rate=0.05, steps=200, delta=1e-5, extra=extra)

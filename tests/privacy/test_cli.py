@@ -21,7 +21,8 @@ def test_epsilon_json() -> None:
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert set(out) == {"epsilon", "accountant", "delta", "noise_multiplier", "sample_rate",
-                        "steps"}
+                        "steps", "upper_bound"}
+    assert out["upper_bound"] is True
     assert out["epsilon"] == pytest.approx(7.32911117143, rel=1e-6)
     assert (out["accountant"], out["delta"], out["noise_multiplier"], out["sample_rate"],
             out["steps"]) == ("rdp", 1e-5, 1.5, 0.04, 2250)
@@ -31,6 +32,17 @@ def test_epsilon_human() -> None:
     res = runner.invoke(privacy_app, EPS_ARGS)
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("epsilon = 7.32911") and "rdp" in res.stdout
+
+
+def test_epsilon_prints_gdp_labelled_as_an_approximation() -> None:
+    gdp = _replace(EPS_ARGS, "--accountant", "gdp")
+    res = runner.invoke(privacy_app, gdp)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    assert text.startswith("epsilon ~ ") and "APPROXIMATION" in text
+    assert "not valid for a budget" in text
+    out = json.loads(runner.invoke(privacy_app, [*gdp, "--json"]).stdout)
+    assert out["upper_bound"] is False and out["accountant"] == "gdp" and out["epsilon"] > 0
 
 
 def test_noise_json() -> None:
@@ -67,6 +79,7 @@ def _replace(args: list[str], opt: str, value: str) -> list[str]:
     (NOISE_ARGS, "--delta", "1.5", "delta must be in (0, 1)"),
     (NOISE_ARGS, "--target-epsilon", "-3", "target_epsilon must be"),
     (NOISE_ARGS, "--accountant", "nope", "valid choices: gdp, pld, prv, rdp"),
+    (NOISE_ARGS, "--accountant", "gdp", "valid accountants: pld, prv, rdp"),
 ])
 def test_invalid_arguments_exit_2_with_message(base, opt, value, message) -> None:
     res = runner.invoke(privacy_app, [*_replace(base, opt, value), "--json"])
