@@ -185,8 +185,10 @@ class HomomorphicAggregation(SumOnlyAggregation):
             raise AggregationError("no node connected to act as the CKKS key authority")
         replies = self._send(server_round, {n: self._record("enroll") for n in nodes},
                              "enroll")
-        authorities, enrolled = [], {}
+        authorities, enrolled, refusals = [], {}, {}
         for node, msg in sorted(replies.items()):
+            if msg.has_error():
+                refusals[node] = msg.error.reason
             record = None if msg.has_error() else msg.content.config_records.get(
                 PROTOCOL_RECORD)
             if record is None:
@@ -198,8 +200,10 @@ class HomomorphicAggregation(SumOnlyAggregation):
             if isinstance(key, bytes) and isinstance(sig, bytes) and isinstance(name, str):
                 enrolled[node] = (name, key, sig)
         if len(authorities) != 1:
+            why = "; ".join(f"node {n}: {r}" for n, r in list(refusals.items())[:3])
             raise AggregationError(f"{len(authorities)} nodes say they are the CKKS key "
-                                   f"authority ({authorities}); their configs must name one")
+                                   f"authority ({authorities}); their configs must name one"
+                                   + (f". Refusals: {why}" if why else ""))
         return authorities[0], enrolled
 
     def _keygen(self, server_round: int, grid: Grid) -> None:
