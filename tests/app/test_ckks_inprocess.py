@@ -214,7 +214,7 @@ def _refused(reply: Message, error: str) -> None:
     assert reply.error.reason.startswith(error), reply.error.reason
 
 
-@pytest.fixture()
+@pytest.fixture
 def honest(tiny_backbones, tmp_path) -> tuple[_Attacker, ExperimentConfig]:
     """One honest round; then the server turns against the nodes."""
     cfg = _ckks(tiny_backbones["bert"], tmp_path)
@@ -247,7 +247,7 @@ def test_attack_shared_authority_wraps_only_for_signed_member_keys(tiny_backbone
     enrolled = attacker.last("keygen")
     for names, sigs in ((["site-1"], [b"\0" * 64]),                   # forged
                         (["server"], [b"\0" * 64]),                   # not a member
-                        (["site-1"], [list(enrolled["signatures"])[0]])):  # another key's
+                        (["site-1"], [next(iter(enrolled["signatures"]))])):  # another key's
         reply = attacker.send(AUTHORITY, "keygen", **_params(
             **{"key-role": "shared", "nodes": [1], "names": names,
                "transport-keys": [own.public_bytes], "signatures": sigs}))
@@ -318,7 +318,7 @@ def test_attack_substitute_the_public_context(honest) -> None:
     signature), so the server's secret key never opens a client's update."""
     from securefed.he import CKKSConfig, context_fingerprint, generate_keys
 
-    attacker, cfg = honest
+    attacker, _ = honest
     mine = generate_keys(CKKSConfig())
     setup = dict(attacker.last("setup"))
     setup.update({"round-id": 5, "public-context": mine.public_context, "epoch": 9,

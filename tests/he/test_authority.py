@@ -48,7 +48,7 @@ def members(tmp_path_factory) -> tuple[Roster, dict[str, Identity]]:
     return roster, {n: load_identity(paths[n], n, roster) for n in names}
 
 
-@pytest.fixture()
+@pytest.fixture
 def key(authority_keys: KeyMaterial) -> KeyState:
     return KeyState(epoch=1, config=authority_keys.config,
                     secret_context=authority_keys.secret_context,
@@ -68,7 +68,7 @@ def _signed(keys: KeyMaterial, ids: dict[str, Identity], xs: list[np.ndarray],
     fp = context_fingerprint(keys.public_context)
     names = names or [f"site-{i}" for i in range(len(xs))]
     return [sign_contribution(ids[n], encrypt_vector(keys.client_context, x), run_id=RUN,
-                              key=fp, server_round=server_round) for n, x in zip(names, xs)]
+                              key=fp, server_round=server_round) for n, x in zip(names, xs, strict=True)]
 
 
 def _decrypt(key, roster, contributions, server_round=1, policy=POLICY):
@@ -171,7 +171,7 @@ def test_a_non_member_is_refused(authority_keys, members, key):
 def test_out_of_range_sum_spends_the_round_and_releases_nothing(authority_keys, members,
                                                                key):
     roster, ids = members
-    xs = _updates(2) + [np.full(L, 50.0)]  # one member far beyond max_abs
+    xs = [*_updates(2), np.full(L, 50.0)]  # one member far beyond max_abs
     with pytest.raises(PayloadError, match="beyond"):
         _decrypt(key, roster, _signed(authority_keys, ids, xs, 1))
     assert key.last_round == 1  # no second try at round 1
