@@ -68,7 +68,8 @@ def _signed(keys: KeyMaterial, ids: dict[str, Identity], xs: list[np.ndarray],
     fp = context_fingerprint(keys.public_context)
     names = names or [f"site-{i}" for i in range(len(xs))]
     return [sign_contribution(ids[n], encrypt_vector(keys.client_context, x), run_id=RUN,
-                              key=fp, server_round=server_round) for n, x in zip(names, xs, strict=True)]
+                              key=fp, server_round=server_round)
+            for n, x in zip(names, xs, strict=True)]
 
 
 def _decrypt(key, roster, contributions, server_round=1, policy=POLICY):
