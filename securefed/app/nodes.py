@@ -6,9 +6,9 @@ its roster identity (:mod:`securefed.roster`) and, under CKKS, the authority pol
 deployment, so :func:`prepare_node_configs` derives the same entries from the
 experiment config, on the launcher's side, before any server code runs:
 
-* a fresh roster of ``site-<partition id>`` members (:func:`securefed.roster.generate_roster`)
+* a fresh roster of ``node-<partition id>`` members (:func:`securefed.roster.generate_roster`)
   under ``<run dir>/nodes``;
-* under ``[secure] mode = "ckks"``: ``site-0`` is the key authority; ``min_terms`` is
+* under ``[secure] mode = "ckks"``: ``node-0`` is the key authority; ``min_terms`` is
   ``max(2, required replies)``, ``max_abs`` is ``max(clipping_range, 1)``, and the
   flooding bits and key rotation come from ``[secure]``.
 
@@ -48,7 +48,7 @@ NODE_CONFIG_DIR_ENV = "SECUREFED_NODE_CONFIG_DIR"
 
 def node_name(partition_id: int) -> str:
     """The roster name of the node serving ``partition_id`` in a generated roster."""
-    return f"site-{partition_id}"
+    return f"node-{int(partition_id)}"
 
 
 def ckks_policy(config: ExperimentConfig) -> AuthorityPolicy:

@@ -27,7 +27,7 @@ from strategies.homomorphic import HomomorphicAggregation
 from strategies.sum_only import PROTOCOL_RECORD
 from tests.app.test_secagg_inprocess import N, _cfg, _close, _final, _stage_of
 
-AUTHORITY = 1000  # partition 0, "site-0": the authority in generated node configs
+AUTHORITY = 1000  # partition 0, "node-0": the authority in generated node configs
 
 
 def _ckks(backbone: Path, out: Path, role: str = "authority", *,
@@ -232,7 +232,7 @@ def test_attack_ask_the_authority_for_shared_with_the_servers_transport_key(hone
     attacker, _ = honest
     own = generate_keypair()
     reply = attacker.send(AUTHORITY, "keygen", **_params(
-        **{"key-role": "shared", "nodes": [1], "names": ["site-1"],
+        **{"key-role": "shared", "nodes": [1], "names": ["node-1"],
            "transport-keys": [own.public_bytes], "signatures": [b"\0" * 64]}))
     _refused(reply, "PrivacyError: the server asked for key role 'shared'")
 
@@ -245,9 +245,9 @@ def test_attack_shared_authority_wraps_only_for_signed_member_keys(tiny_backbone
     attacker = _Attacker(grid)
     own = generate_keypair()
     enrolled = attacker.last("keygen")
-    for names, sigs in ((["site-1"], [b"\0" * 64]),                   # forged
+    for names, sigs in ((["node-1"], [b"\0" * 64]),                   # forged
                         (["server"], [b"\0" * 64]),                   # not a member
-                        (["site-1"], [next(iter(enrolled["signatures"]))])):  # another key's
+                        (["node-1"], [next(iter(enrolled["signatures"]))])):  # another key's
         reply = attacker.send(AUTHORITY, "keygen", **_params(
             **{"key-role": "shared", "nodes": [1], "names": names,
                "transport-keys": [own.public_bytes], "signatures": sigs}))
@@ -282,7 +282,7 @@ def test_attack_add_a_server_made_zero_or_pad_with_copies(honest) -> None:
     public = attacker.last("setup").get("public-context")
     zero = encrypt_vector(public, np.zeros(length)) if public else cts[1]
     cases = [
-        (["site-9", names[0], names[1], names[2]], [zero, *cts[:3]], [b"\0" * 64, *sigs[:3]],
+        (["node-9", names[0], names[1], names[2]], [zero, *cts[:3]], [b"\0" * 64, *sigs[:3]],
          "SignatureError"),                                    # Enc(0) as a made-up member
         ([names[0], names[1]] * 2, cts[:2] * 2, sigs[:2] * 2, "PrivacyError"),  # copies
         (names[:4], [zero, *cts[1:4]], sigs[:4], "SignatureError"),  # swapped for Enc(0)
@@ -310,7 +310,7 @@ def test_attack_ask_a_non_authority_to_decrypt_or_make_keys(honest) -> None:
     for stage, fields in (("decrypt", {"round-id": 2, "length": 1, "names": names,
                                        "ciphertexts": cts, "signatures": sigs}),
                           ("keygen", _params(**{"key-role": "authority"}))):
-        _refused(attacker.send(1001, stage, **fields), "PrivacyError: node 'site-1' is not")
+        _refused(attacker.send(1001, stage, **fields), "PrivacyError: node 'node-1' is not")
 
 
 def test_attack_substitute_the_public_context(honest) -> None:
