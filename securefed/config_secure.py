@@ -16,8 +16,10 @@
     # CKKS (Cheon et al. 2017)
     key_role = "authority"    # or "shared" (every client holds the secret key; weaker)
     poly_modulus_degree = 8192
-    coeff_mod_bit_sizes = "60,40"
-    global_scale_bits = 50    # aggregates up to |value| < 2**9, error ~1e-11
+    coeff_mod_bit_sizes = "60,40,60"
+    global_scale_bits = 84    # aggregates up to |value| < 2**15; flooded error ~1e-10
+    ckks_flooding_bits = 40   # statistical security of the decryption noise flooding
+    ckks_key_rotation_rounds = 10  # fresh CKKS keys every R rounds
 
 Validation here is structural; the wrappers of ``strategies/`` check the rest
 (overflow bound, exactness of the method) before the first round.
@@ -59,8 +61,10 @@ class SecureConfig:
     threshold: int = 0
     key_role: str = "authority"
     poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: str = "60,40"
-    global_scale_bits: int = 50
+    coeff_mod_bit_sizes: str = "60,40,60"
+    global_scale_bits: int = 84
+    ckks_flooding_bits: int = 40
+    ckks_key_rotation_rounds: int = 10
 
     def __post_init__(self) -> None:
         if self.mode not in SECURE_MODES:
@@ -76,6 +80,10 @@ class SecureConfig:
         _need(self.threshold >= 0, "threshold", self.threshold, ">= 0 (0 = automatic)")
         _need(self.key_role in _ROLES, "key_role", self.key_role,
               f"must be one of {', '.join(_ROLES)}")
+        _need(self.ckks_flooding_bits >= 40, "ckks_flooding_bits", self.ckks_flooding_bits,
+              "must be >= 40 (statistical security of the flooding)")
+        _need(self.ckks_key_rotation_rounds >= 1, "ckks_key_rotation_rounds",
+              self.ckks_key_rotation_rounds, "must be >= 1")
         try:
             bits = self.coeff_bits
         except ValueError:

@@ -90,11 +90,11 @@ PROTOCOL_FIELDS: dict[str, frozenset[str]] = {
     "secagg+/masked-input": frozenset({"kind", "sender", "bits", "vector"}),
     "secagg+/unmask": frozenset({"kind", "sender", "b-ids", "b-shares", "s-ids",
                                  "s-shares"}),
-    "ckks/enroll": frozenset({"transport-public"}),
-    "ckks/keygen": frozenset({"public-context", "wrapped-for", "wrapped",
-                              "transport-public"}),
-    "ckks/setup": frozenset({"ciphertext"}),
-    "ckks/decrypt": frozenset({"sum"}),
+    "ckks/enroll": frozenset({"name", "authority", "transport-public", "signature"}),
+    "ckks/keygen": frozenset({"public-context", "epoch", "wrapped-for", "wrapped",
+                              "transport-public", "signature"}),
+    "ckks/setup": frozenset({"ciphertext", "name", "signature"}),
+    "ckks/decrypt": frozenset({"sum", "flooding-sigma", "error-bound", "terms"}),
 }
 #: The stage of each protocol whose reply carries the trained update (and metrics).
 UPDATE_STAGE = {"secagg+": "secagg+/masked-input", "ckks": "ckks/setup"}

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -65,6 +66,10 @@ class InProcessGrid(Grid):
     drop : callable, optional
         ``drop(message) -> bool``; a message for which it returns True gets no reply,
         as when a node vanishes. For dropout tests.
+    node_configs : sequence of mappings, optional
+        Node ``i``'s own config (as a SuperNode's ``--node-config``), e.g. from
+        :func:`securefed.app.nodes.prepare_node_configs`; default
+        ``{"partition-id": i, "num-partitions": num_nodes}``.
     """
 
     def __init__(
@@ -75,9 +80,12 @@ class InProcessGrid(Grid):
         *,
         run_id: int = 1,
         drop: Callable[[Message], bool] | None = None,
+        node_configs: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+        if node_configs is not None and len(node_configs) != num_nodes:
+            raise ValueError(f"{len(node_configs)} node configs for {num_nodes} nodes")
         if TaskIdentity._run_id is None:  # what a ServerApp process gets from Flower
             TaskIdentity.run_id = run_id
             TaskIdentity.node_id = SUPERLINK_NODE_ID
@@ -91,7 +99,8 @@ class InProcessGrid(Grid):
             node_id: Context(
                 run_id=run_id,
                 node_id=node_id,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                node_config=dict(node_configs[i]) if node_configs is not None
+                else {"partition-id": i, "num-partitions": num_nodes},
                 state=RecordDict(),
                 run_config=dict(run_config),
             )

@@ -34,6 +34,7 @@ from typing import Any
 import psutil
 import tomli_w
 
+from securefed.app.nodes import NODE_CONFIG_DIR_ENV, prepare_node_configs
 from securefed.config import ExperimentConfig
 from securefed.exceptions import SecurefedError
 
@@ -234,6 +235,14 @@ def preflight(config: ExperimentConfig) -> None:
     dataset_for(config.data, config.experiment.seed)
 
 
+def _node_config_dir(config: ExperimentConfig, run_dir: Path) -> str:
+    """Write the nodes' own configs (roster, CKKS policy) for a simulation; the folder
+    the simulated nodes read them from (:mod:`securefed.app.nodes`), or "" if none."""
+    prepare_node_configs(config, run_dir)
+    folder = run_dir / "nodes"
+    return str(folder) if folder.is_dir() else ""
+
+
 def run_simulation(
     config: ExperimentConfig,
     run_dir: Path,
@@ -273,6 +282,7 @@ def run_simulation(
     _write_app(app_dir, config_file, run_dir)
     flwr_home = run_dir / ".flwr"
     env = _flower_env(flwr_home)
+    env[NODE_CONFIG_DIR_ENV] = _node_config_dir(config, run_dir)
     log_path = run_dir / FLOWER_LOG
     with _terminate_as_interrupt(), _superlink(run_dir, env) as port:
         _write_connection(flwr_home, port)
@@ -331,5 +341,6 @@ def run_inprocess(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     config_file = run_dir / "config.toml"
     config_file.write_text(tomli_w.dumps(config.to_dict()))
     run_config = {"config-file": str(config_file), "run-dir": str(run_dir)}
-    grid = InProcessGrid(client_app, config.data.num_clients, run_config)
+    grid = InProcessGrid(client_app, config.data.num_clients, run_config,
+                         node_configs=prepare_node_configs(config, run_dir))
     return run_server(grid, run_config)

@@ -68,6 +68,7 @@ def _ckks(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod) 
                                   poly_modulus_degree=s.poly_modulus_degree,
                                   coeff_mod_bit_sizes=s.coeff_bits,
                                   global_scale_bits=s.global_scale_bits,
+                                  key_rotation_rounds=s.ckks_key_rotation_rounds,
                                   **_shared(config, method))
 
 
@@ -119,5 +120,6 @@ def secure_facts(config: ExperimentConfig, method: TuningMethod) -> dict[str, An
         facts.update(secure_clipping_range=s.clipping_range,
                      secure_exactness="exact" if exact else "inexact-allowed")
         if s.mode == "ckks":
-            facts["ckks_key_role"] = s.key_role
+            facts.update(ckks_key_role=s.key_role, ckks_flooding_bits=s.ckks_flooding_bits,
+                         ckks_key_rotation_rounds=s.ckks_key_rotation_rounds)
     return facts

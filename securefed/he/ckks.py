@@ -15,9 +15,9 @@ declared lengths add up to the byte string exactly, and that each chunk decodes 
 CKKS vector of the declared length; anything else is a
 :class:`~securefed.exceptions.PayloadError`, never a crash.
 
-``terms`` is not authenticated: it protects the key holder against an honest mistake
-(decrypting one client's vector instead of the aggregate), not against a malicious
-server, which is outside the threat model of the ``authority`` role (``DESIGN.md``).
+``terms`` is not authenticated, so the key authority never trusts it: it adds the
+clients' signed ciphertexts itself (:mod:`securefed.he.authority`) and decrypts only
+that sum (``docs/threat-model.md``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
     "FRAME_MAGIC",
     "Frame",
     "add_ciphertexts",
+    "check_ciphertext",
     "decrypt_sum",
     "encrypt_vector",
     "pack_frame",
@@ -185,6 +186,73 @@ def encrypt_vector(ctx: Any, x: np.ndarray) -> bytes:
     return pack_frame(Frame(terms=1, values=tuple(values), chunks=tuple(chunks)))
 
 
+def check_ciphertext(ctx: Any, ciphertext: bytes, length: int) -> None:
+    """Check that ``ciphertext`` parses, holds ``length`` values and loads under ``ctx``.
+
+    Raises
+    ------
+    PayloadError
+        A malformed frame or chunk, or another length.
+    """
+    ctx = load_context(ctx)
+    frame = unpack_frame(ciphertext)
+    if frame.length != length:
+        raise PayloadError(f"ciphertext holds {frame.length} values, expected {length}")
+    for chunk, n in zip(frame.chunks, frame.values, strict=True):
+        _load_vector(ctx, chunk, n)
+
+
+def sum_frames(ctx: Any, ciphertexts: Sequence[bytes], *,
+               scale: float | None = None) -> bytes:
+    """Add framed ciphertexts under any context (the authority's included).
+
+    Parameters
+    ----------
+    ctx : bytes or tenseal.Context
+        A context of the key the ciphertexts were made under.
+    ciphertexts : sequence of bytes
+        Frames with one chunk layout.
+    scale : float, optional
+        Every chunk must carry exactly this CKKS scale (the authority's
+        ``2**global_scale_bits``): a smaller one would inflate the noise per value beyond
+        what the flooding was sized for.
+
+    Raises
+    ------
+    PayloadError
+        No ciphertexts, a malformed one, different layouts, another scale, or chunks
+        that cannot be added (other parameters or levels).
+    """
+    ctx = load_context(ctx)
+    if isinstance(ciphertexts, bytes | bytearray) or len(ciphertexts) == 0:
+        raise PayloadError("adding needs a non-empty sequence of ciphertexts")
+    frames = [unpack_frame(c) for c in ciphertexts]
+    layout = frames[0].values
+    for i, f in enumerate(frames[1:], start=1):
+        if f.values != layout:
+            raise PayloadError(f"ciphertext {i} has {len(f.values)} chunks of lengths "
+                               f"{list(f.values)[:4]}..., ciphertext 0 has {len(layout)} "
+                               f"of {list(layout)[:4]}...; they cannot be added")
+    out = []
+    for j, n in enumerate(layout):
+        total = None
+        for f in frames:
+            vec = _load_vector(ctx, f.chunks[j], n)
+            if scale is not None and vec.ciphertext()[0].scale != scale:
+                raise PayloadError(f"CKKS chunk {j} has scale {vec.ciphertext()[0].scale:.6g}, "
+                                   f"the key's scale is {scale:.6g}")
+            try:
+                total = vec if total is None else total + vec
+            except Exception as exc:  # mismatched parameters, scales or levels
+                raise PayloadError(f"cannot add CKKS chunk {j}: {exc}") from None
+        assert total is not None
+        out.append(bytes(total.serialize()))
+    terms = sum(f.terms for f in frames)
+    if terms >= 2**32:
+        raise PayloadError(f"too many terms in the sum ({terms})")
+    return pack_frame(Frame(terms=terms, values=layout, chunks=tuple(out)))
+
+
 def add_ciphertexts(server_ctx: Any, ciphertexts: Sequence[bytes]) -> bytes:
     """Add encrypted vectors homomorphically, on the server, without any secret key.
 
@@ -208,31 +276,7 @@ def add_ciphertexts(server_ctx: Any, ciphertexts: Sequence[bytes]) -> bytes:
     PayloadError
         No ciphertexts, a malformed one, or chunk counts / lengths that differ.
     """
-    ctx = server_context(server_ctx)
-    if isinstance(ciphertexts, bytes | bytearray) or len(ciphertexts) == 0:
-        raise PayloadError("add_ciphertexts needs a non-empty sequence of ciphertexts")
-    frames = [unpack_frame(c) for c in ciphertexts]
-    layout = frames[0].values
-    for i, f in enumerate(frames[1:], start=1):
-        if f.values != layout:
-            raise PayloadError(f"ciphertext {i} has {len(f.values)} chunks of lengths "
-                               f"{list(f.values)[:4]}..., ciphertext 0 has {len(layout)} "
-                               f"of {list(layout)[:4]}...; they cannot be added")
-    out = []
-    for j, n in enumerate(layout):
-        total = _load_vector(ctx, frames[0].chunks[j], n)
-        for f in frames[1:]:
-            try:
-                total = total + _load_vector(ctx, f.chunks[j], n)
-            except PayloadError:
-                raise
-            except Exception as exc:  # mismatched parameters, scales or levels
-                raise PayloadError(f"cannot add CKKS chunk {j}: {exc}") from None
-        out.append(bytes(total.serialize()))
-    terms = sum(f.terms for f in frames)
-    if terms >= 2**32:
-        raise PayloadError(f"too many terms in the sum ({terms})")
-    return pack_frame(Frame(terms=terms, values=layout, chunks=tuple(out)))
+    return sum_frames(server_context(server_ctx), ciphertexts)
 
 
 def decrypt_sum(secret_ctx: Any, ciphertext: bytes, length: int, *,

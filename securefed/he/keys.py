@@ -119,16 +119,20 @@ class CKKSConfig:
 
     Notes
     -----
-    Addition never rescales, so one data prime suffices. The default ``(60, 40)`` at
-    ``N = 8192`` and scale ``2**50`` gives ciphertexts about 8× the float32 bytes and a
-    sum error near 1e-11, for aggregates up to ``|value| < 2**9``
-    (:attr:`max_abs_aggregate`). TenSEAL's tutorial setting ``(60, 40, 60)`` at scale
-    ``2**40`` costs about 14× (see ``bench/he.py``).
+    Addition never rescales; the scale is set by noise flooding
+    (:mod:`securefed.he.flooding`): every decryption adds Gaussian noise of width
+    ``2**(lambda/2) sqrt(R L) n B_fresh / 2**scale`` (Li and Micciancio 2021), so a 40-bit
+    flooding over ``R = 10`` rounds of ``L = 1e5`` values from ``n = 10`` clients needs a
+    scale near ``2**84`` for an error around 1e-10: two data primes. The default
+    ``(60, 40, 60)`` (data primes 60 and 40, special prime 60) at ``N = 8192`` and scale
+    ``2**84`` holds aggregates up to ``|value| < 2**15`` (:attr:`max_abs_aggregate`) and
+    costs about 14× the float32 bytes; the former single-prime ``(60, 40)`` at ``2**50``
+    cost 8× but its flooded error would be about 2**-2 (see ``bench/he.py``).
     """
 
     poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40)
-    global_scale_bits: int = 50
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 60)
+    global_scale_bits: int = 84
     key_role: str = "authority"
     role: KeyRole = field(init=False, repr=False, compare=False)
 
@@ -167,8 +171,9 @@ class CKKSConfig:
         polynomial exceeds the largest slot magnitude (times the scale), so a sum whose
         values all stay below this bound decodes correctly. Beyond it the sum wraps
         around the data modulus and decrypts to garbage, which CKKS cannot detect. With
-        ``n`` clients sending ``|x| <= b``, keep ``n * b`` below it: 2^59 for the default
-        ``(60, 40, 60)``, 2^19 for ``(60, 40)``, 2^9 for ``(50, 40)`` at scale 2^40.
+        ``n`` clients sending ``|x| <= b``, keep ``n * b`` below it: 2^15 for the default
+        ``(60, 40, 60)`` at scale 2^84, 2^19 for ``(60, 40)`` at 2^40, 2^9 for ``(50, 40)``
+        at 2^40.
         """
         return 2.0 ** (sum(self.coeff_mod_bit_sizes[:-1]) - self.global_scale_bits - 1)
 

@@ -28,6 +28,7 @@ from securefed.app.launcher import (
     _superlink,
     stop_process_group,
 )
+from securefed.app.nodes import prepare_node_configs
 from securefed.app.server_app import run_server
 from securefed.config import ExperimentConfig, to_flat
 from securefed.report.recorder import read_metrics
@@ -90,10 +91,12 @@ def _deploy(cfg: ExperimentConfig, root: Path, die: dict[int, str],
     flwr_home = root / ".flwr"
     env = _flower_env(flwr_home)
     nodes: list[subprocess.Popen[bytes]] = []
+    own = prepare_node_configs(cfg, root / "nodes")  # each SuperNode's own config
     with _superlink(root, env, simulation=False) as port:
         try:
             for i in range(cfg.data.num_clients):
-                node_config = f"partition-id={i} num-partitions={cfg.data.num_clients}"
+                node_config = " ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}"
+                                       for k, v in own[i].items())
                 if i in die:
                     node_config += f' die-at="{die[i]}"'
                 log = (root / f"supernode-{i}.log").open("wb")

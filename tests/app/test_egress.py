@@ -21,6 +21,7 @@ from securefed.app import client_app as client_module
 from securefed.app.egress import LEDGER, client_egress, egress_for
 from securefed.app.egress_mod import EGRESS_ERROR_CODE, enforce, reply_kind
 from securefed.app.grid import InProcessGrid
+from securefed.app.nodes import prepare_node_configs
 from securefed.app.private_training import load_accountant
 from securefed.app.runtime import tuned_model
 from securefed.app.server_app import run_server
@@ -62,7 +63,8 @@ class _Spy(InProcessGrid):
 def _run(cfg: ExperimentConfig, out: Path, app: ClientApp | None = None
          ) -> tuple[dict[str, Any], _Spy]:
     run_config: dict[str, Any] = {"config-file": "", "run-dir": str(out), **to_flat(cfg)}
-    grid = _Spy(app or client_module.app, cfg.data.num_clients, run_config)
+    grid = _Spy(app or client_module.app, cfg.data.num_clients, run_config,
+                node_configs=prepare_node_configs(cfg, out))
     return run_server(grid, run_config), grid
 
 
@@ -136,7 +138,7 @@ def test_user_dp_sends_the_clipped_payload_and_weight_one(tiny_backbones, tmp_pa
 @pytest.mark.parametrize(("mode", "kinds"), [
     ("secagg", {"secagg+/setup", "secagg+/share-keys", "secagg+/masked-input",
                 "secagg+/unmask"}),
-    ("ckks", {"ckks/keygen", "ckks/setup", "ckks/decrypt"}),
+    ("ckks", {"ckks/enroll", "ckks/keygen", "ckks/setup", "ckks/decrypt"}),
 ])
 def test_secure_modes_send_protocol_fields_only(tiny_backbones, tmp_path, mode,
                                                 kinds) -> None:

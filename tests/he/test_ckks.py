@@ -29,7 +29,7 @@ def _round(keys, xs):
 
 
 def test_five_clients_within_1e6(authority_keys):
-    # default n=8192, [60, 40], scale 2^50 gives ~1e-11: 1e-6 needs no larger setting
+    # default n=8192, [60, 40, 60], scale 2^84: unflooded error ~1e-15
     rng = np.random.default_rng(0)
     xs = [rng.uniform(-1, 1, 300) for _ in range(5)]
     got = _round(authority_keys, xs)
@@ -55,7 +55,7 @@ def test_multidimensional_input_is_flattened(authority_keys):
 
 
 def test_one_data_prime_setting():
-    keys = generate_keys(CKKSConfig(coeff_mod_bit_sizes=(60, 40)))
+    keys = generate_keys(CKKSConfig(coeff_mod_bit_sizes=(60, 40), global_scale_bits=50))
     rng = np.random.default_rng(2)
     xs = [rng.uniform(-1, 1, 100) for _ in range(3)]
     assert np.max(np.abs(_round(keys, xs) - np.sum(xs, axis=0))) < 1e-6
@@ -184,12 +184,14 @@ def _add_then_decrypt(keys, *cts):
     return decrypt_sum(keys.secret_context, total, 16, max_abs=100.0)
 
 
-def test_max_abs_aggregate_is_the_wrap_point():
+@pytest.mark.parametrize("cfg", [CKKSConfig(coeff_mod_bit_sizes=(60, 40), global_scale_bits=40),
+                                 CKKSConfig()], ids=["60-40-scale40", "default"])
+def test_max_abs_aggregate_is_the_wrap_point(cfg):
     """Below ``max_abs_aggregate`` the sum decodes; just above it wraps around the data
     modulus (CKKS cannot notice), so callers must keep clients × bound below it."""
-    cfg = CKKSConfig(coeff_mod_bit_sizes=(60, 40), global_scale_bits=40)
-    assert cfg.max_abs_aggregate == 2.0**19
-    assert CKKSConfig().max_abs_aggregate == 2.0**9  # (60, 40) at scale 2^50
+    assert CKKSConfig(coeff_mod_bit_sizes=(60, 40), global_scale_bits=40
+                      ).max_abs_aggregate == 2.0**19
+    assert CKKSConfig().max_abs_aggregate == 2.0**15  # (60, 40, 60) at scale 2^84
     assert CKKSConfig(coeff_mod_bit_sizes=(60, 40, 60),
                       global_scale_bits=40).max_abs_aggregate == 2.0**59
     keys = generate_keys(cfg)

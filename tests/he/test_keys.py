@@ -21,7 +21,7 @@ from securefed.he import (
 def test_defaults_and_slot_count():
     cfg = CKKSConfig()
     assert (cfg.poly_modulus_degree, cfg.coeff_mod_bit_sizes, cfg.global_scale_bits,
-            cfg.key_role) == (8192, (60, 40), 50, "authority")
+            cfg.key_role) == (8192, (60, 40, 60), 84, "authority")
     assert cfg.slot_count == 4096
     assert not cfg.weaker
 
@@ -54,7 +54,8 @@ def test_invalid_configs(kw):
 
 
 def test_from_dict():
-    cfg = CKKSConfig.from_dict({"coeff_mod_bit_sizes": [60, 40], "key_role": "shared"})
+    cfg = CKKSConfig.from_dict({"coeff_mod_bit_sizes": [60, 40], "global_scale_bits": 50,
+                                "key_role": "shared"})
     assert cfg.coeff_mod_bit_sizes == (60, 40) and cfg.key_role == "shared"
     with pytest.raises(ConfigError, match="unknown CKKS config keys"):
         CKKSConfig.from_dict({"galois": True})

@@ -43,10 +43,13 @@ def test_wrappers_refuse_bad_parameters_when_built() -> None:
                           clipping_range=1.0, stage_timeout=0)
     with pytest.raises(ConfigError, match="max_abs_aggregate"):
         HomomorphicAggregation(_inner(), method="bitfit", exact_under_sum=True,
-                               clipping_range=300.0)  # 2 x 300 > 2^9 at scale 2^50
+                               clipping_range=20_000.0)  # 2 x 2e4 > 2^15 at scale 2^84
     with pytest.raises(ConfigError, match="unknown CKKS key role 'everyone'"):
         HomomorphicAggregation(_inner(), method="bitfit", exact_under_sum=True,
                                clipping_range=1.0, key_role="everyone")
+    with pytest.raises(ConfigError, match="key_rotation_rounds"):
+        HomomorphicAggregation(_inner(), method="bitfit", exact_under_sum=True,
+                               clipping_range=1.0, key_rotation_rounds=0)
 
 
 def test_wrapper_state_round_trips_through_json() -> None:
@@ -86,8 +89,9 @@ def _never(msg: Message, ctx: Context) -> Message:
     (secagg_mod, "secagg+", "share-keys", "no SecAgg\\+ round in progress"),
     (secagg_mod, "secagg+", "unmask", "no SecAgg\\+ round in progress"),
     (ckks_mod, "ckks", "teleport", "unknown ckks stage"),
-    (ckks_mod, "ckks", "decrypt", "holds no CKKS secret key"),
-    (ckks_mod, "ckks", "setup", "context-sha256"),
+    # no securefed-ckks-* keys in the node's own config: every CKKS stage is refused
+    (ckks_mod, "ckks", "decrypt", "CKKS needs this node's own config"),
+    (ckks_mod, "ckks", "setup", "CKKS needs this node's own config"),
 ])
 def test_mods_answer_bad_stages_with_an_error_reply(mod, protocol, stage, match) -> None:
     reply = mod(_message(stage, protocol, **{"round-id": 1}), _context(), _never)
