@@ -35,7 +35,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from securefed.exceptions import AggregationError, ConfigError, PayloadError
 from securefed.privacy.noise import RandomSource, SeededSource
-from strategies.aggregate import weighted_mean_by_key
+from strategies.aggregate import weighted_mean_by_key, weighted_metric_means
 from strategies.records import (
     content_payload_nbytes,
     payload_to_record,
@@ -44,7 +44,7 @@ from strategies.records import (
     wire_nbytes,
     write_payload,
 )
-from strategies.validation import PayloadSpec, validate_payload
+from strategies.validation import PayloadSpec, check_metrics, check_weight, validate_payload
 
 __all__ = ["AdapterFedAvg", "RoundObserver", "TrainRoundStats"]
 
@@ -54,6 +54,11 @@ ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 WEIGHT_KEY = "num-examples"
+LAYOUT_KEY = "layout"
+#: The records a plaintext reply holds: name -> record type, nothing more.
+_TRAIN_RECORDS = {ARRAYS_KEY: "ArrayRecord", LAYOUT_KEY: "ConfigRecord",
+                  METRICS_KEY: "MetricRecord"}
+_EVAL_RECORDS = {METRICS_KEY: "MetricRecord"}
 
 
 @dataclass
@@ -97,6 +102,13 @@ def _metric_dict(record: MetricRecord | None) -> dict[str, float]:
     return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
 
 
+def _metric_record(values: Mapping[str, float]) -> MetricRecord:
+    record = MetricRecord()
+    for key, value in values.items():
+        record[key] = value
+    return record
+
+
 class AdapterFedAvg(FedAvg):
     """Example-weighted FedAvg over keyed adapter payloads with reply validation.
 
@@ -129,6 +141,11 @@ class AdapterFedAvg(FedAvg):
     sampling_source : RandomSource, optional
         Draws the Poisson mask (the ChaCha20 CSPRNG in production: amplification by
         sampling assumes the sample is secret); ``rng`` otherwise.
+    max_weight : int
+        A training reply's ``num-examples`` must be an int in ``[1, max_weight]``
+        (``[secure] max_weight``; 1 under user-level DP); anything else is rejected.
+    max_eval_weight : int
+        The same bound for federated-evaluation replies (validation examples).
     """
 
     def __init__(
@@ -144,7 +161,12 @@ class AdapterFedAvg(FedAvg):
         poisson_population: int = 0,
         uniform_weights: bool = False,
         sampling_source: RandomSource | None = None,
+        max_weight: int = 65536,
+        max_eval_weight: int = 2**31 - 1,
     ) -> None:
+        for name, bound in (("max_weight", max_weight), ("max_eval_weight", max_eval_weight)):
+            if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {bound!r}")
         if poisson_population and poisson_population < clients_per_round:
             raise ConfigError(f"poisson_population {poisson_population} is smaller than "
                               f"clients_per_round {clients_per_round}")
@@ -177,6 +199,8 @@ class AdapterFedAvg(FedAvg):
         self.node_wait_s = node_wait_s
         self.poisson_population = poisson_population
         self.uniform_weights = uniform_weights
+        self.max_weight = max_weight
+        self.max_eval_weight = max_eval_weight
         self.spec: PayloadSpec | None = None
         self._global_sent: dict[str, np.ndarray] = {}
         self.history: list[TrainRoundStats] = []
@@ -288,30 +312,53 @@ class AdapterFedAvg(FedAvg):
         return self._messages(arrays, config, nodes, MessageType.EVALUATE, server_round)
 
     # --------------------------------------------------------------- validation
-    def _check_reply(self, msg: Message) -> tuple[dict[str, np.ndarray], float]:
-        """Return (payload, weight) of a valid train reply, else raise PayloadError."""
-        if msg.has_error():
-            raise PayloadError(f"client reported an error: {msg.error.reason}")
-        content = msg.content
-        if list(content.array_records) != [ARRAYS_KEY]:
-            raise PayloadError(
-                f"expected exactly one ArrayRecord {ARRAYS_KEY!r}, got "
-                f"{list(content.array_records)}"
-            )
-        weight = self._weight(content)
-        payload = read_payload(content)
-        assert self.spec is not None
-        validate_payload(payload, self.spec)
-        return payload, weight
+    def _check_reply(self, msg: Message) -> tuple[dict[str, np.ndarray], float,
+                                                  dict[str, float]]:
+        """(payload, weight, metrics) of a valid train reply, else raise PayloadError.
 
-    def _weight(self, content: RecordDict) -> float:
-        metrics = content.metric_records.get(METRICS_KEY)
-        if metrics is None or WEIGHT_KEY not in metrics:
+        Everything is checked before the payload is decoded: the records are exactly
+        ``arrays`` (ArrayRecord), ``layout`` (ConfigRecord) and ``metrics``
+        (MetricRecord of finite scalars), the weight is an int in ``[1, max_weight]``,
+        and the layout matches the payload spec (see :func:`read_payload`).
+        """
+        if msg.has_error():
+            raise PayloadError(f"client reported an error: {str(msg.error.reason)[:200]}")
+        content = msg.content
+        if not isinstance(content, RecordDict):
+            raise PayloadError(f"content must be a RecordDict, got {type(content).__name__}")
+        kinds = {key: type(record).__name__ for key, record in content.items()}
+        if kinds != _TRAIN_RECORDS:
+            raise PayloadError(f"a train reply holds exactly {_TRAIN_RECORDS}, got "
+                               f"{dict(list(kinds.items())[:6])}")
+        metrics = check_metrics(content[METRICS_KEY], name=METRICS_KEY)
+        weight = self._weight(content.metric_records[METRICS_KEY], self.max_weight)
+        assert self.spec is not None
+        payload = read_payload(content, self.spec)
+        return payload, weight, metrics
+
+    def _weight(self, metrics: MetricRecord, bound: int) -> float:
+        if WEIGHT_KEY not in metrics:
             raise PayloadError(f"reply lacks MetricRecord {METRICS_KEY!r} with {WEIGHT_KEY!r}")
-        weight = metrics[WEIGHT_KEY]
-        if not isinstance(weight, int | float) or not np.isfinite(weight) or weight <= 0:
-            raise PayloadError(f"{WEIGHT_KEY!r} must be a positive number, got {weight!r}")
+        weight = check_weight(metrics[WEIGHT_KEY], key=WEIGHT_KEY, max_weight=bound)
         return 1.0 if self.uniform_weights else float(weight)
+
+    def _screen(self, replies: Iterable[Message], sampled: list[int]
+                ) -> tuple[list[tuple[int, Message]], dict[int, str]]:
+        """Replies of nodes that replied once and were sampled; reasons for the rest."""
+        listed = list(replies)
+        nodes = [int(m.metadata.src_node_id) for m in listed]
+        counts = {n: nodes.count(n) for n in set(nodes)}
+        rejected: dict[int, str] = {}
+        kept = []
+        for node, msg in zip(nodes, listed, strict=True):
+            if counts[node] > 1:
+                rejected[node] = (f"{counts[node]} replies this round (one expected); all "
+                                  "are dropped")
+            elif sampled and node not in sampled:
+                rejected[node] = "reply from a node not sampled this round"
+            else:
+                kept.append((node, msg))
+        return kept, rejected
 
     # -------------------------------------------------------------- aggregation
     def aggregate_train(
@@ -326,31 +373,35 @@ class AdapterFedAvg(FedAvg):
         """
         stats = self._current or TrainRoundStats(server_round=server_round, sampled=[])
         started = stats.seconds
-        payloads, weights, contents = [], [], []
-        seen: set[int] = set()
-        for msg in replies:
-            node = int(msg.metadata.src_node_id)
-            seen.add(node)
-            if not msg.has_error():
-                stats.bytes_up[node] = content_payload_nbytes(msg.content)
+        payloads: list[dict[str, np.ndarray]] = []
+        weights: list[float] = []
+        client_metrics: list[dict[str, float]] = []
+        kept, screened = self._screen(replies, stats.sampled)
+        stats.rejected.update(screened)
+        for node in screened:
+            log.warning("round %d: rejected reply from node %d: %s", server_round, node,
+                        screened[node])
+        for node, msg in kept:
             try:
-                payload, weight = self._check_reply(msg)
+                payload, weight, reported = self._check_reply(msg)
             except PayloadError as exc:
                 stats.rejected[node] = str(exc)
                 log.warning("round %d: rejected reply from node %d: %s", server_round, node,
                             exc)
                 continue
+            stats.bytes_up[node] = content_payload_nbytes(msg.content)
             stats.accepted.append(node)
-            self.report_client_metrics(server_round, node, msg)
+            self.report_client_metrics(server_round, node, reported)
             if self.observer is not None:
                 position = stats.sampled.index(node) if node in stats.sampled else -1
                 self.observer.on_reply(server_round, position, node, payload, weight,
                                        self._global_sent)
             payloads.append(payload)
             weights.append(weight)
-            contents.append(msg.content)
+            client_metrics.append(reported)
+        replied = {node for node, _ in kept} | set(screened)
         for node in stats.sampled:
-            if node not in seen:
+            if node not in replied and node not in stats.rejected:
                 stats.rejected[node] = "no reply before the round timeout"
         stats.seconds = time.monotonic() - started if started else 0.0
         if len(payloads) < self.min_replies:
@@ -361,18 +412,28 @@ class AdapterFedAvg(FedAvg):
                 f"{len(stats.sampled)} sampled, {self.min_replies} required. "
                 f"Rejected: {reasons or 'none'}"
             )
-        mean = weighted_mean_by_key(payloads, weights)
-        metrics = self.train_metrics_aggr_fn(contents, WEIGHT_KEY)
+        try:
+            mean = weighted_mean_by_key(payloads, weights)
+            assert self.spec is not None
+            validate_payload(mean, self.spec)
+        except (AggregationError, PayloadError) as exc:
+            self._finish(stats)
+            raise AggregationError(f"round {server_round}: aggregate rejected, the global "
+                                   f"adapter is unchanged: {exc}") from None
+        metrics = _metric_record(weighted_metric_means(client_metrics, weights,
+                                                       exclude=WEIGHT_KEY))
         metrics["rejected-replies"] = len(stats.rejected)
         stats.metrics = _metric_dict(metrics)
         self._finish(stats)
         return payload_to_record(mean), metrics
 
-    def report_client_metrics(self, server_round: int, node: int, msg: Message) -> None:
-        """Hand one accepted reply's metrics (the DP ledger fields) to the observer."""
+    def report_client_metrics(self, server_round: int, node: int,
+                              metrics: Mapping[str, float]) -> None:
+        """Hand one accepted reply's (checked) metrics, the DP ledger fields, to the
+        observer."""
         hook = getattr(self.observer, "on_client_metrics", None)
         if hook is not None:
-            hook(server_round, node, _metric_dict(msg.content.metric_records.get(METRICS_KEY)))
+            hook(server_round, node, dict(metrics))
 
     # --------------------------------------------------- sum-only aggregation
     @property
@@ -456,22 +517,32 @@ class AdapterFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Example-weighted mean of the clients' evaluation metrics."""
-        good: list[RecordDict] = []
-        rejected: dict[int, str] = {}
-        for msg in replies:
-            node = int(msg.metadata.src_node_id)
+        values: list[dict[str, float]] = []
+        weights: list[float] = []
+        kept, rejected = self._screen(replies, [])
+        for node, msg in kept:
             try:
                 if msg.has_error():
-                    raise PayloadError(f"client reported an error: {msg.error.reason}")
-                metrics = msg.content.metric_records.get(METRICS_KEY)
-                if metrics is not None and metrics.get(WEIGHT_KEY) == 0:
+                    raise PayloadError(f"client reported an error: "
+                                       f"{str(msg.error.reason)[:200]}")
+                content = msg.content
+                kinds = {key: type(record).__name__ for key, record in content.items()}
+                if kinds != _EVAL_RECORDS:
+                    raise PayloadError(f"an evaluate reply holds exactly {_EVAL_RECORDS}, "
+                                       f"got {dict(list(kinds.items())[:6])}")
+                metrics = check_metrics(content[METRICS_KEY], name=METRICS_KEY)
+                if content[METRICS_KEY].get(WEIGHT_KEY) == 0:
                     continue  # the client holds no validation data: nothing to average
-                self._weight(msg.content)
+                weight = check_weight(content[METRICS_KEY].get(WEIGHT_KEY), key=WEIGHT_KEY,
+                                      max_weight=self.max_eval_weight)
             except PayloadError as exc:
                 rejected[node] = str(exc)
                 continue
-            good.append(msg.content)
-        metrics = self.evaluate_metrics_aggr_fn(good, WEIGHT_KEY) if good else None
+            values.append(metrics)
+            weights.append(float(weight))
+        aggregated = (_metric_record(weighted_metric_means(values, weights,
+                                                           exclude=WEIGHT_KEY))
+                      if values else None)
         if self.observer is not None:
-            self.observer.on_evaluate_round(server_round, _metric_dict(metrics), rejected)
-        return metrics
+            self.observer.on_evaluate_round(server_round, _metric_dict(aggregated), rejected)
+        return aggregated

@@ -255,6 +255,9 @@ class _UserLevelDP:
                 if self.dp.strict:
                     raise PrivacyError(f"node {msg.metadata.src_node_id}: {exc}; nothing is "
                                        "released ([user_dp] on_missing = 'error')") from None
+                stats = self.dp.adapter.current_stats  # recorded as the adapter records
+                if stats is not None:
+                    stats.rejected[int(msg.metadata.src_node_id)] = str(exc)
                 continue
             kept.append(msg)
         return kept, bits
@@ -268,7 +271,10 @@ class _UserLevelDP:
                     "clip it, so nothing is released; use client-side clipping")
             return self._reported_bit(msg)  # secure aggregation: the update is masked
         keys = sorted(self._global)
-        payload = read_payload(msg.content)
+        # Decoded against the round's spec: bounded before deserialising, and checked
+        # for keys, shapes, dtypes and finite values before any arithmetic (a wrong
+        # shape would otherwise broadcast against the global into a "valid" update).
+        payload = read_payload(msg.content, self.dp.adapter.spec)
         if set(payload) != set(keys):
             raise PayloadError(f"reply keys {sorted(payload)} differ from the global "
                                f"payload's {keys}")
