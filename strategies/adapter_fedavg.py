@@ -342,6 +342,19 @@ class AdapterFedAvg(FedAvg):
         weight = check_weight(metrics[WEIGHT_KEY], key=WEIGHT_KEY, max_weight=bound)
         return 1.0 if self.uniform_weights else float(weight)
 
+    def screen_train_replies(self, replies: Iterable[Message]) -> list[Message]:
+        """The replies of this round's sampled nodes that replied exactly once.
+
+        The others are recorded as rejected in the round's statistics. A wrapper that
+        inspects replies before this strategy (user-level DP clipping) calls it first:
+        once it drops one of two replies of a node, the duplicate is undetectable.
+        """
+        stats = self._current
+        kept, rejected = self._screen(replies, stats.sampled if stats is not None else [])
+        if stats is not None:
+            stats.rejected.update(rejected)
+        return [msg for _, msg in kept]
+
     def _screen(self, replies: Iterable[Message], sampled: list[int]
                 ) -> tuple[list[tuple[int, Message]], dict[int, str]]:
         """Replies of nodes that replied once and were sampled; reasons for the rest."""
