@@ -330,8 +330,8 @@ class AdapterFedAvg(FedAvg):
         if kinds != _TRAIN_RECORDS:
             raise PayloadError(f"a train reply holds exactly {_TRAIN_RECORDS}, got "
                                f"{dict(list(kinds.items())[:6])}")
-        metrics = check_metrics(content[METRICS_KEY], name=METRICS_KEY)
         weight = self._weight(content.metric_records[METRICS_KEY], self.max_weight)
+        metrics = check_metrics(content[METRICS_KEY], name=METRICS_KEY)
         assert self.spec is not None
         payload = read_payload(content, self.spec)
         return payload, weight, metrics
@@ -431,8 +431,8 @@ class AdapterFedAvg(FedAvg):
             validate_payload(mean, self.spec)
         except (AggregationError, PayloadError) as exc:
             self._finish(stats)
-            raise AggregationError(f"round {server_round}: aggregate rejected, the global "
-                                   f"adapter is unchanged: {exc}") from None
+            raise AggregationError(f"round {server_round}: aggregate rejected ({exc}); the "
+                                   "global adapter is unchanged") from None
         metrics = _metric_record(weighted_metric_means(client_metrics, weights,
                                                        exclude=WEIGHT_KEY))
         metrics["rejected-replies"] = len(stats.rejected)

@@ -62,7 +62,7 @@ def weighted_mean_by_key(
         if not np.all(np.isfinite(mean)):
             bad = int(np.count_nonzero(~np.isfinite(mean)))
             raise AggregationError(f"the weighted mean of {key!r} has {bad} non-finite "
-                                   "value(s); the global adapter is left unchanged")
+                                   "value(s)")
         out[key] = mean
     return out
 

@@ -208,7 +208,7 @@ def _garbage_data(content: Content, rng: np.random.Generator) -> Content:
 
 
 def _groups(content: Content, rng: np.random.Generator) -> Content:
-    arrays, name, array = _group(content)
+    arrays, name, _array = _group(content)
     choice = int(rng.integers(3))
     if choice == 0:
         del arrays["float64"]
@@ -231,7 +231,7 @@ def _layout(content: Content, rng: np.random.Generator) -> Content:
         layout[0][2] = [-1, -12]
         raw = json.dumps(layout)
     elif choice == 3:
-        raw = json.dumps(layout + [layout[0]])
+        raw = json.dumps([*layout, layout[0]])
     elif choice == 4:
         raw = json.dumps({"a": 1})
     elif choice == 5:
@@ -324,5 +324,5 @@ def reply_to(instruction: Message, content: Content | None, *, error: bool = Fal
         return msg
     try:
         return transport(msg)
-    except Exception:  # noqa: BLE001 - not serialisable: the in-process view only
+    except Exception:
         return msg

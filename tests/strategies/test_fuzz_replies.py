@@ -28,7 +28,7 @@ from securefed.exceptions import AggregationError, PayloadError, PrivacyError
 from securefed.privacy.accountants import create_accountant
 from securefed.privacy.noise import make_source
 from strategies.adapter_fedavg import AdapterFedAvg
-from strategies.records import payload_to_record, record_to_payload
+from strategies.records import payload_to_record
 from strategies.user_dp import USER_DP_WRAPPERS, UserDPSettings
 from tests.strategies.hostile import (
     GLOBAL,
