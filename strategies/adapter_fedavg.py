@@ -6,9 +6,12 @@ tensors, keyed by name). Differences from Flower's ``FedAvg``:
 
 * exactly ``clients_per_round`` nodes are sampled each round, from a generator that is
   passed in (seeded for experiments);
-* every reply is validated against the global payload's spec (keys, shapes, dtypes,
-  finite values, size) *before* it can touch the global adapter; a bad reply is
-  dropped with a logged reason and counted;
+* every reply is validated (:mod:`strategies.replies`) *before* it can touch the
+  global adapter: its records, a weight that is an int in ``[1, max_weight]``, finite
+  scalar metrics, one reply per sampled node, and the payload against the global
+  payload's spec (keys, shapes, dtypes, finite values, size, all sizes checked before
+  decoding); a bad reply is dropped with a logged reason and counted;
+* a weighted mean that is not finite is refused; the global adapter stays unchanged;
 * if fewer than ``min_replies`` valid replies remain, the round ends the run with an
   :class:`~securefed.exceptions.AggregationError` naming every rejection — never a
   silently smaller aggregate;
@@ -25,8 +28,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -37,63 +39,27 @@ from securefed.exceptions import AggregationError, ConfigError, PayloadError
 from securefed.privacy.noise import RandomSource, SeededSource
 from strategies.aggregate import weighted_mean_by_key, weighted_metric_means
 from strategies.records import (
+    ARRAYS_KEY,
     content_payload_nbytes,
     payload_to_record,
-    read_payload,
     record_to_payload,
     wire_nbytes,
     write_payload,
 )
-from strategies.validation import PayloadSpec, check_metrics, check_weight, validate_payload
+from strategies.replies import (
+    WEIGHT_KEY,
+    check_eval_reply,
+    check_train_reply,
+    screen_replies,
+)
+from strategies.round_stats import RoundObserver, TrainRoundStats
+from strategies.validation import PayloadSpec, validate_payload
 
 __all__ = ["AdapterFedAvg", "RoundObserver", "TrainRoundStats"]
 
 log = logging.getLogger(__name__)
 
-ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"
-METRICS_KEY = "metrics"
-WEIGHT_KEY = "num-examples"
-LAYOUT_KEY = "layout"
-#: The records a plaintext reply holds: name -> record type, nothing more.
-_TRAIN_RECORDS = {ARRAYS_KEY: "ArrayRecord", LAYOUT_KEY: "ConfigRecord",
-                  METRICS_KEY: "MetricRecord"}
-_EVAL_RECORDS = {METRICS_KEY: "MetricRecord"}
-
-
-@dataclass
-class TrainRoundStats:
-    """What the server saw in one training round."""
-
-    server_round: int
-    sampled: list[int]
-    accepted: list[int] = field(default_factory=list)
-    rejected: dict[int, str] = field(default_factory=dict)
-    bytes_up: dict[int, int] = field(default_factory=dict)
-    bytes_down_per_client: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-    #: What a wrapper (secure aggregation, CKKS) adds: survivors per stage, clip counts.
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class RoundObserver(Protocol):
-    """Receives per-round statistics from :class:`AdapterFedAvg`."""
-
-    def on_train_round(self, stats: TrainRoundStats) -> None:
-        """Called after a training round was aggregated (or refused)."""
-
-    def on_evaluate_round(self, server_round: int, metrics: Mapping[str, float],
-                          rejected: Mapping[int, str]) -> None:
-        """Called after federated evaluation was aggregated."""
-
-    def on_reply(self, server_round: int, position: int, node: int,
-                 payload: Mapping[str, np.ndarray], weight: float,
-                 global_payload: Mapping[str, np.ndarray]) -> None:
-        """Called with every valid reply, exactly as the server received it, before
-        aggregation; ``position`` is the node's index in the round's sample. This is
-        the honest-but-curious server's view (plaintext aggregation), which the
-        attack harness captures."""
 
 
 def _metric_dict(record: MetricRecord | None) -> dict[str, float]:
@@ -314,33 +280,12 @@ class AdapterFedAvg(FedAvg):
     # --------------------------------------------------------------- validation
     def _check_reply(self, msg: Message) -> tuple[dict[str, np.ndarray], float,
                                                   dict[str, float]]:
-        """(payload, weight, metrics) of a valid train reply, else raise PayloadError.
-
-        Everything is checked before the payload is decoded: the records are exactly
-        ``arrays`` (ArrayRecord), ``layout`` (ConfigRecord) and ``metrics``
-        (MetricRecord of finite scalars), the weight is an int in ``[1, max_weight]``,
-        and the layout matches the payload spec (see :func:`read_payload`).
-        """
-        if msg.has_error():
-            raise PayloadError(f"client reported an error: {str(msg.error.reason)[:200]}")
-        content = msg.content
-        if not isinstance(content, RecordDict):
-            raise PayloadError(f"content must be a RecordDict, got {type(content).__name__}")
-        kinds = {key: type(record).__name__ for key, record in content.items()}
-        if kinds != _TRAIN_RECORDS:
-            raise PayloadError(f"a train reply holds exactly {_TRAIN_RECORDS}, got "
-                               f"{dict(list(kinds.items())[:6])}")
-        weight = self._weight(content.metric_records[METRICS_KEY], self.max_weight)
-        metrics = check_metrics(content[METRICS_KEY], name=METRICS_KEY)
+        """(payload, weight, metrics) of a valid train reply, else raise PayloadError
+        (:func:`strategies.replies.check_train_reply`)."""
         assert self.spec is not None
-        payload = read_payload(content, self.spec)
-        return payload, weight, metrics
-
-    def _weight(self, metrics: MetricRecord, bound: int) -> float:
-        if WEIGHT_KEY not in metrics:
-            raise PayloadError(f"reply lacks MetricRecord {METRICS_KEY!r} with {WEIGHT_KEY!r}")
-        weight = check_weight(metrics[WEIGHT_KEY], key=WEIGHT_KEY, max_weight=bound)
-        return 1.0 if self.uniform_weights else float(weight)
+        payload, weight, metrics = check_train_reply(msg, self.spec,
+                                                     max_weight=self.max_weight)
+        return payload, 1.0 if self.uniform_weights else float(weight), metrics
 
     def screen_train_replies(self, replies: Iterable[Message]) -> list[Message]:
         """The replies of this round's sampled nodes that replied exactly once.
@@ -350,28 +295,10 @@ class AdapterFedAvg(FedAvg):
         once it drops one of two replies of a node, the duplicate is undetectable.
         """
         stats = self._current
-        kept, rejected = self._screen(replies, stats.sampled if stats is not None else [])
+        kept, rejected = screen_replies(replies, stats.sampled if stats is not None else [])
         if stats is not None:
             stats.rejected.update(rejected)
         return [msg for _, msg in kept]
-
-    def _screen(self, replies: Iterable[Message], sampled: list[int]
-                ) -> tuple[list[tuple[int, Message]], dict[int, str]]:
-        """Replies of nodes that replied once and were sampled; reasons for the rest."""
-        listed = list(replies)
-        nodes = [int(m.metadata.src_node_id) for m in listed]
-        counts = {n: nodes.count(n) for n in set(nodes)}
-        rejected: dict[int, str] = {}
-        kept = []
-        for node, msg in zip(nodes, listed, strict=True):
-            if counts[node] > 1:
-                rejected[node] = (f"{counts[node]} replies this round (one expected); all "
-                                  "are dropped")
-            elif sampled and node not in sampled:
-                rejected[node] = "reply from a node not sampled this round"
-            else:
-                kept.append((node, msg))
-        return kept, rejected
 
     # -------------------------------------------------------------- aggregation
     def aggregate_train(
@@ -389,7 +316,7 @@ class AdapterFedAvg(FedAvg):
         payloads: list[dict[str, np.ndarray]] = []
         weights: list[float] = []
         client_metrics: list[dict[str, float]] = []
-        kept, screened = self._screen(replies, stats.sampled)
+        kept, screened = screen_replies(replies, stats.sampled)
         stats.rejected.update(screened)
         for node in screened:
             log.warning("round %d: rejected reply from node %d: %s", server_round, node,
@@ -532,25 +459,15 @@ class AdapterFedAvg(FedAvg):
         """Example-weighted mean of the clients' evaluation metrics."""
         values: list[dict[str, float]] = []
         weights: list[float] = []
-        kept, rejected = self._screen(replies, [])
+        kept, rejected = screen_replies(replies, [])
         for node, msg in kept:
             try:
-                if msg.has_error():
-                    raise PayloadError(f"client reported an error: "
-                                       f"{str(msg.error.reason)[:200]}")
-                content = msg.content
-                kinds = {key: type(record).__name__ for key, record in content.items()}
-                if kinds != _EVAL_RECORDS:
-                    raise PayloadError(f"an evaluate reply holds exactly {_EVAL_RECORDS}, "
-                                       f"got {dict(list(kinds.items())[:6])}")
-                metrics = check_metrics(content[METRICS_KEY], name=METRICS_KEY)
-                if content[METRICS_KEY].get(WEIGHT_KEY) == 0:
-                    continue  # the client holds no validation data: nothing to average
-                weight = check_weight(content[METRICS_KEY].get(WEIGHT_KEY), key=WEIGHT_KEY,
-                                      max_weight=self.max_eval_weight)
+                weight, metrics = check_eval_reply(msg, max_weight=self.max_eval_weight)
             except PayloadError as exc:
                 rejected[node] = str(exc)
                 continue
+            if weight == 0:
+                continue  # the client holds no validation data: nothing to average
             values.append(metrics)
             weights.append(float(weight))
         aggregated = (_metric_record(weighted_metric_means(values, weights,
