@@ -47,6 +47,7 @@ from strategies.records import (
     write_payload,
 )
 from strategies.replies import (
+    METRICS_KEY,
     WEIGHT_KEY,
     check_eval_reply,
     check_train_reply,
@@ -63,9 +64,15 @@ CONFIG_KEY = "config"
 
 
 def _metric_dict(record: MetricRecord | None) -> dict[str, float]:
-    if record is None:
-        return {}
-    return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+    """The scalar numbers of ``record`` as floats (lists and overflowing ints left out)."""
+    out: dict[str, float] = {}
+    for key, value in (record or {}).items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                out[key] = float(value)
+            except OverflowError:
+                continue
+    return out
 
 
 def _metric_record(values: Mapping[str, float]) -> MetricRecord:
@@ -368,12 +375,20 @@ class AdapterFedAvg(FedAvg):
         return payload_to_record(mean), metrics
 
     def report_client_metrics(self, server_round: int, node: int,
-                              metrics: Mapping[str, float]) -> None:
-        """Hand one accepted reply's (checked) metrics, the DP ledger fields, to the
-        observer."""
+                              metrics: Message | Mapping[str, float]) -> None:
+        """Hand one accepted reply's metrics, the DP ledger fields, to the observer.
+
+        ``metrics`` is what :func:`strategies.replies.check_train_reply` returned, or
+        the reply itself (a sum-only wrapper): then only its finite numbers are passed.
+        """
         hook = getattr(self.observer, "on_client_metrics", None)
-        if hook is not None:
-            hook(server_round, node, dict(metrics))
+        if hook is None:
+            return
+        if isinstance(metrics, Message):
+            record = (None if metrics.has_error()
+                      else metrics.content.metric_records.get(METRICS_KEY))
+            metrics = {k: v for k, v in _metric_dict(record).items() if np.isfinite(v)}
+        hook(server_round, node, dict(metrics))
 
     # --------------------------------------------------- sum-only aggregation
     @property
