@@ -6,9 +6,12 @@ tensors, keyed by name). Differences from Flower's ``FedAvg``:
 
 * exactly ``clients_per_round`` nodes are sampled each round, from a generator that is
   passed in (seeded for experiments);
-* every reply is validated against the global payload's spec (keys, shapes, dtypes,
-  finite values, size) *before* it can touch the global adapter; a bad reply is
-  dropped with a logged reason and counted;
+* every reply is validated (:mod:`strategies.replies`) *before* it can touch the
+  global adapter: its records, a weight that is an int in ``[1, max_weight]``, finite
+  scalar metrics, one reply per sampled node, and the payload against the global
+  payload's spec (keys, shapes, dtypes, finite values, size, all sizes checked before
+  decoding); a bad reply is dropped with a logged reason and counted;
+* a weighted mean that is not finite is refused; the global adapter stays unchanged;
 * if fewer than ``min_replies`` valid replies remain, the round ends the run with an
   :class:`~securefed.exceptions.AggregationError` naming every rejection — never a
   silently smaller aggregate;
@@ -25,8 +28,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -35,66 +37,49 @@ from flwr.serverapp.strategy import FedAvg
 
 from securefed.exceptions import AggregationError, ConfigError, PayloadError
 from securefed.privacy.noise import RandomSource, SeededSource
-from strategies.aggregate import weighted_mean_by_key
+from strategies.aggregate import weighted_mean_by_key, weighted_metric_means
 from strategies.records import (
+    ARRAYS_KEY,
     content_payload_nbytes,
     payload_to_record,
-    read_payload,
     record_to_payload,
     wire_nbytes,
     write_payload,
 )
+from strategies.replies import (
+    METRICS_KEY,
+    WEIGHT_KEY,
+    check_eval_reply,
+    check_train_reply,
+    screen_replies,
+)
+from strategies.round_stats import RoundObserver, TrainRoundStats
 from strategies.validation import PayloadSpec, validate_payload
 
 __all__ = ["AdapterFedAvg", "RoundObserver", "TrainRoundStats"]
 
 log = logging.getLogger(__name__)
 
-ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"
-METRICS_KEY = "metrics"
-WEIGHT_KEY = "num-examples"
-
-
-@dataclass
-class TrainRoundStats:
-    """What the server saw in one training round."""
-
-    server_round: int
-    sampled: list[int]
-    accepted: list[int] = field(default_factory=list)
-    rejected: dict[int, str] = field(default_factory=dict)
-    bytes_up: dict[int, int] = field(default_factory=dict)
-    bytes_down_per_client: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-    #: What a wrapper (secure aggregation, CKKS) adds: survivors per stage, clip counts.
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class RoundObserver(Protocol):
-    """Receives per-round statistics from :class:`AdapterFedAvg`."""
-
-    def on_train_round(self, stats: TrainRoundStats) -> None:
-        """Called after a training round was aggregated (or refused)."""
-
-    def on_evaluate_round(self, server_round: int, metrics: Mapping[str, float],
-                          rejected: Mapping[int, str]) -> None:
-        """Called after federated evaluation was aggregated."""
-
-    def on_reply(self, server_round: int, position: int, node: int,
-                 payload: Mapping[str, np.ndarray], weight: float,
-                 global_payload: Mapping[str, np.ndarray]) -> None:
-        """Called with every valid reply, exactly as the server received it, before
-        aggregation; ``position`` is the node's index in the round's sample. This is
-        the honest-but-curious server's view (plaintext aggregation), which the
-        attack harness captures."""
 
 
 def _metric_dict(record: MetricRecord | None) -> dict[str, float]:
-    if record is None:
-        return {}
-    return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+    """The scalar numbers of ``record`` as floats (lists and overflowing ints left out)."""
+    out: dict[str, float] = {}
+    for key, value in (record or {}).items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                out[key] = float(value)
+            except OverflowError:
+                continue
+    return out
+
+
+def _metric_record(values: Mapping[str, float]) -> MetricRecord:
+    record = MetricRecord()
+    for key, value in values.items():
+        record[key] = value
+    return record
 
 
 class AdapterFedAvg(FedAvg):
@@ -129,6 +114,11 @@ class AdapterFedAvg(FedAvg):
     sampling_source : RandomSource, optional
         Draws the Poisson mask (the ChaCha20 CSPRNG in production: amplification by
         sampling assumes the sample is secret); ``rng`` otherwise.
+    max_weight : int
+        A training reply's ``num-examples`` must be an int in ``[1, max_weight]``
+        (``[secure] max_weight``; 1 under user-level DP); anything else is rejected.
+    max_eval_weight : int
+        The same bound for federated-evaluation replies (validation examples).
     """
 
     def __init__(
@@ -144,7 +134,12 @@ class AdapterFedAvg(FedAvg):
         poisson_population: int = 0,
         uniform_weights: bool = False,
         sampling_source: RandomSource | None = None,
+        max_weight: int = 65536,
+        max_eval_weight: int = 2**31 - 1,
     ) -> None:
+        for name, bound in (("max_weight", max_weight), ("max_eval_weight", max_eval_weight)):
+            if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {bound!r}")
         if poisson_population and poisson_population < clients_per_round:
             raise ConfigError(f"poisson_population {poisson_population} is smaller than "
                               f"clients_per_round {clients_per_round}")
@@ -177,6 +172,8 @@ class AdapterFedAvg(FedAvg):
         self.node_wait_s = node_wait_s
         self.poisson_population = poisson_population
         self.uniform_weights = uniform_weights
+        self.max_weight = max_weight
+        self.max_eval_weight = max_eval_weight
         self.spec: PayloadSpec | None = None
         self._global_sent: dict[str, np.ndarray] = {}
         self.history: list[TrainRoundStats] = []
@@ -288,30 +285,27 @@ class AdapterFedAvg(FedAvg):
         return self._messages(arrays, config, nodes, MessageType.EVALUATE, server_round)
 
     # --------------------------------------------------------------- validation
-    def _check_reply(self, msg: Message) -> tuple[dict[str, np.ndarray], float]:
-        """Return (payload, weight) of a valid train reply, else raise PayloadError."""
-        if msg.has_error():
-            raise PayloadError(f"client reported an error: {msg.error.reason}")
-        content = msg.content
-        if list(content.array_records) != [ARRAYS_KEY]:
-            raise PayloadError(
-                f"expected exactly one ArrayRecord {ARRAYS_KEY!r}, got "
-                f"{list(content.array_records)}"
-            )
-        weight = self._weight(content)
-        payload = read_payload(content)
+    def _check_reply(self, msg: Message) -> tuple[dict[str, np.ndarray], float,
+                                                  dict[str, float]]:
+        """(payload, weight, metrics) of a valid train reply, else raise PayloadError
+        (:func:`strategies.replies.check_train_reply`)."""
         assert self.spec is not None
-        validate_payload(payload, self.spec)
-        return payload, weight
+        payload, weight, metrics = check_train_reply(msg, self.spec,
+                                                     max_weight=self.max_weight)
+        return payload, 1.0 if self.uniform_weights else float(weight), metrics
 
-    def _weight(self, content: RecordDict) -> float:
-        metrics = content.metric_records.get(METRICS_KEY)
-        if metrics is None or WEIGHT_KEY not in metrics:
-            raise PayloadError(f"reply lacks MetricRecord {METRICS_KEY!r} with {WEIGHT_KEY!r}")
-        weight = metrics[WEIGHT_KEY]
-        if not isinstance(weight, int | float) or not np.isfinite(weight) or weight <= 0:
-            raise PayloadError(f"{WEIGHT_KEY!r} must be a positive number, got {weight!r}")
-        return 1.0 if self.uniform_weights else float(weight)
+    def screen_train_replies(self, replies: Iterable[Message]) -> list[Message]:
+        """The replies of this round's sampled nodes that replied exactly once.
+
+        The others are recorded as rejected in the round's statistics. A wrapper that
+        inspects replies before this strategy (user-level DP clipping) calls it first:
+        once it drops one of two replies of a node, the duplicate is undetectable.
+        """
+        stats = self._current
+        kept, rejected = screen_replies(replies, stats.sampled if stats is not None else [])
+        if stats is not None:
+            stats.rejected.update(rejected)
+        return [msg for _, msg in kept]
 
     # -------------------------------------------------------------- aggregation
     def aggregate_train(
@@ -326,31 +320,35 @@ class AdapterFedAvg(FedAvg):
         """
         stats = self._current or TrainRoundStats(server_round=server_round, sampled=[])
         started = stats.seconds
-        payloads, weights, contents = [], [], []
-        seen: set[int] = set()
-        for msg in replies:
-            node = int(msg.metadata.src_node_id)
-            seen.add(node)
-            if not msg.has_error():
-                stats.bytes_up[node] = content_payload_nbytes(msg.content)
+        payloads: list[dict[str, np.ndarray]] = []
+        weights: list[float] = []
+        client_metrics: list[dict[str, float]] = []
+        kept, screened = screen_replies(replies, stats.sampled)
+        stats.rejected.update(screened)
+        for node in screened:
+            log.warning("round %d: rejected reply from node %d: %s", server_round, node,
+                        screened[node])
+        for node, msg in kept:
             try:
-                payload, weight = self._check_reply(msg)
+                payload, weight, reported = self._check_reply(msg)
             except PayloadError as exc:
                 stats.rejected[node] = str(exc)
                 log.warning("round %d: rejected reply from node %d: %s", server_round, node,
                             exc)
                 continue
+            stats.bytes_up[node] = content_payload_nbytes(msg.content)
             stats.accepted.append(node)
-            self.report_client_metrics(server_round, node, msg)
+            self.report_client_metrics(server_round, node, reported)
             if self.observer is not None:
                 position = stats.sampled.index(node) if node in stats.sampled else -1
                 self.observer.on_reply(server_round, position, node, payload, weight,
                                        self._global_sent)
             payloads.append(payload)
             weights.append(weight)
-            contents.append(msg.content)
+            client_metrics.append(reported)
+        replied = {node for node, _ in kept} | set(screened)
         for node in stats.sampled:
-            if node not in seen:
+            if node not in replied and node not in stats.rejected:
                 stats.rejected[node] = "no reply before the round timeout"
         stats.seconds = time.monotonic() - started if started else 0.0
         if len(payloads) < self.min_replies:
@@ -361,18 +359,36 @@ class AdapterFedAvg(FedAvg):
                 f"{len(stats.sampled)} sampled, {self.min_replies} required. "
                 f"Rejected: {reasons or 'none'}"
             )
-        mean = weighted_mean_by_key(payloads, weights)
-        metrics = self.train_metrics_aggr_fn(contents, WEIGHT_KEY)
+        try:
+            mean = weighted_mean_by_key(payloads, weights)
+            assert self.spec is not None
+            validate_payload(mean, self.spec)
+        except (AggregationError, PayloadError) as exc:
+            self._finish(stats)
+            raise AggregationError(f"round {server_round}: aggregate rejected ({exc}); the "
+                                   "global adapter is unchanged") from None
+        metrics = _metric_record(weighted_metric_means(client_metrics, weights,
+                                                       exclude=WEIGHT_KEY))
         metrics["rejected-replies"] = len(stats.rejected)
         stats.metrics = _metric_dict(metrics)
         self._finish(stats)
         return payload_to_record(mean), metrics
 
-    def report_client_metrics(self, server_round: int, node: int, msg: Message) -> None:
-        """Hand one accepted reply's metrics (the DP ledger fields) to the observer."""
+    def report_client_metrics(self, server_round: int, node: int,
+                              metrics: Message | Mapping[str, float]) -> None:
+        """Hand one accepted reply's metrics, the DP ledger fields, to the observer.
+
+        ``metrics`` is what :func:`strategies.replies.check_train_reply` returned, or
+        the reply itself (a sum-only wrapper): then only its finite numbers are passed.
+        """
         hook = getattr(self.observer, "on_client_metrics", None)
-        if hook is not None:
-            hook(server_round, node, _metric_dict(msg.content.metric_records.get(METRICS_KEY)))
+        if hook is None:
+            return
+        if isinstance(metrics, Message):
+            record = (None if metrics.has_error()
+                      else metrics.content.metric_records.get(METRICS_KEY))
+            metrics = {k: v for k, v in _metric_dict(record).items() if np.isfinite(v)}
+        hook(server_round, node, dict(metrics))
 
     # --------------------------------------------------- sum-only aggregation
     @property
@@ -456,22 +472,22 @@ class AdapterFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Example-weighted mean of the clients' evaluation metrics."""
-        good: list[RecordDict] = []
-        rejected: dict[int, str] = {}
-        for msg in replies:
-            node = int(msg.metadata.src_node_id)
+        values: list[dict[str, float]] = []
+        weights: list[float] = []
+        kept, rejected = screen_replies(replies, [])
+        for node, msg in kept:
             try:
-                if msg.has_error():
-                    raise PayloadError(f"client reported an error: {msg.error.reason}")
-                metrics = msg.content.metric_records.get(METRICS_KEY)
-                if metrics is not None and metrics.get(WEIGHT_KEY) == 0:
-                    continue  # the client holds no validation data: nothing to average
-                self._weight(msg.content)
+                weight, metrics = check_eval_reply(msg, max_weight=self.max_eval_weight)
             except PayloadError as exc:
                 rejected[node] = str(exc)
                 continue
-            good.append(msg.content)
-        metrics = self.evaluate_metrics_aggr_fn(good, WEIGHT_KEY) if good else None
+            if weight == 0:
+                continue  # the client holds no validation data: nothing to average
+            values.append(metrics)
+            weights.append(float(weight))
+        aggregated = (_metric_record(weighted_metric_means(values, weights,
+                                                           exclude=WEIGHT_KEY))
+                      if values else None)
         if self.observer is not None:
-            self.observer.on_evaluate_round(server_round, _metric_dict(metrics), rejected)
-        return metrics
+            self.observer.on_evaluate_round(server_round, _metric_dict(aggregated), rejected)
+        return aggregated

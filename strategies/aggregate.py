@@ -15,7 +15,7 @@ import numpy as np
 
 from securefed.exceptions import AggregationError
 
-__all__ = ["weighted_mean_by_key"]
+__all__ = ["weighted_mean_by_key", "weighted_metric_means"]
 
 
 def weighted_mean_by_key(
@@ -38,7 +38,8 @@ def weighted_mean_by_key(
     Raises
     ------
     AggregationError
-        No payloads, a length mismatch, a negative weight or a zero total weight.
+        No payloads, a length mismatch, a negative weight, a zero total weight, or a
+        mean that is not finite (then nothing may replace the global adapter).
     """
     if not payloads:
         raise AggregationError("nothing to aggregate: no payloads")
@@ -56,5 +57,35 @@ def weighted_mean_by_key(
         acc = np.zeros(np.shape(payloads[0][key]), dtype=np.float64)
         for wi, payload in zip(w, payloads, strict=True):
             acc += wi * np.asarray(payload[key], dtype=np.float64)
-        out[key] = (acc / total).astype(np.asarray(payloads[0][key]).dtype, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = (acc / total).astype(np.asarray(payloads[0][key]).dtype, copy=False)
+        if not np.all(np.isfinite(mean)):
+            bad = int(np.count_nonzero(~np.isfinite(mean)))
+            raise AggregationError(f"the weighted mean of {key!r} has {bad} non-finite "
+                                   "value(s)")
+        out[key] = mean
+    return out
+
+
+def weighted_metric_means(metrics: Sequence[Mapping[str, float]], weights: Sequence[float],
+                          *, exclude: str) -> dict[str, float]:
+    """Weighted mean of each scalar metric over the clients that report it.
+
+    A key some clients omit is averaged over those that send it (weights renormalised);
+    ``exclude`` (the weight key itself) is left out, and so is a mean that is not
+    finite (metrics are reported, never aggregated into the model).
+    """
+    sums: dict[str, float] = {}
+    totals: dict[str, float] = {}
+    for record, w in zip(metrics, weights, strict=True):
+        for key, value in record.items():
+            if key == exclude:
+                continue
+            sums[key] = sums.get(key, 0.0) + w * value
+            totals[key] = totals.get(key, 0.0) + w
+    out = {}
+    for key, acc in sums.items():
+        mean = acc / totals[key] if totals[key] > 0 else float("nan")
+        if np.isfinite(mean):
+            out[key] = float(mean)
     return out

@@ -31,6 +31,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import InflatableObject
 
 from securefed.exceptions import PayloadError
+from strategies.decoding import check_dtype_name, decode_flat_array, element_count, is_dim_list
+from strategies.validation import PayloadSpec, preview_keys, validate_payload
 
 __all__ = [
     "ARRAYS_KEY",
@@ -50,6 +52,13 @@ __all__ = [
 ARRAYS_KEY = "arrays"
 LAYOUT_KEY = "layout"
 _MAX_LAYOUT_ENTRIES = 100_000
+#: Layout JSON length allowed per expected key (name, dtype, shape), and without a spec.
+_LAYOUT_CHARS_PER_KEY = 1024
+_MAX_LAYOUT_CHARS = 64 * 2**20
+#: Size bound without a spec: only what a bytes object can hold.
+_UNBOUNDED = 2**62
+
+_preview = preview_keys
 
 
 def pack_payload(payload: Mapping[str, np.ndarray]) -> tuple[ArrayRecord, ConfigRecord]:
@@ -68,62 +77,95 @@ def pack_payload(payload: Mapping[str, np.ndarray]) -> tuple[ArrayRecord, Config
     return ArrayRecord(arrays), ConfigRecord({"layout": json.dumps(layout)})
 
 
-def _parse_layout(layout: ConfigRecord) -> list[tuple[str, str, tuple[int, ...]]]:
-    raw = layout.get("layout")
+def _parse_layout(layout: object, max_chars: int) -> list[tuple[str, str, tuple[int, ...]]]:
+    if not isinstance(layout, ConfigRecord):
+        raise PayloadError(f"layout must be a ConfigRecord, got {type(layout).__name__}")
+    if list(layout) != ["layout"]:
+        raise PayloadError(f"layout record must hold exactly 'layout', got "
+                           f"{sorted(layout)[:5]}")
+    raw = layout["layout"]
     if not isinstance(raw, str):
         raise PayloadError("layout record lacks a 'layout' JSON string")
+    if len(raw) > max_chars:
+        raise PayloadError(f"layout of {len(raw)} characters exceeds the limit of {max_chars}")
     try:
         entries = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"layout is not valid JSON: {exc}") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise PayloadError(f"layout is not valid JSON: {str(exc)[:120]}") from None
     if not isinstance(entries, list) or len(entries) > _MAX_LAYOUT_ENTRIES:
         raise PayloadError("layout must be a list of [key, dtype, shape] entries")
     out, seen = [], set()
     for entry in entries:
         ok = (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
-              and isinstance(entry[1], str) and isinstance(entry[2], list)
-              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                      for d in entry[2]))
+              and isinstance(entry[1], str) and is_dim_list(entry[2]))
         if not ok:
             raise PayloadError(f"malformed layout entry {str(entry)[:80]!r}")
         if entry[0] in seen:
-            raise PayloadError(f"duplicate key {entry[0]!r} in layout")
+            raise PayloadError(f"duplicate key {entry[0][:80]!r} in layout")
+        check_dtype_name(entry[1])
         seen.add(entry[0])
         out.append((entry[0], entry[1], tuple(entry[2])))
     return out
 
 
-def unpack_payload(arrays: ArrayRecord, layout: ConfigRecord) -> dict[str, np.ndarray]:
+def _check_against_spec(entries: list[tuple[str, str, tuple[int, ...]]],
+                        spec: PayloadSpec) -> None:
+    """The layout must describe exactly the spec's keys, shapes and dtypes."""
+    got = {key for key, _, _ in entries}
+    if missing := set(spec.shapes) - got:
+        raise PayloadError(f"missing keys: {_preview(missing)}")
+    if extra := got - set(spec.shapes):
+        raise PayloadError(f"unexpected keys: {_preview(extra)}")
+    for key, dtype, shape in entries:
+        if shape != tuple(spec.shapes[key]):
+            raise PayloadError(f"{key!r}: shape {shape} != expected {tuple(spec.shapes[key])}")
+        if dtype != spec.dtypes[key]:
+            raise PayloadError(f"{key!r}: dtype {dtype} != expected {spec.dtypes[key]}")
+
+
+def unpack_payload(arrays: object, layout: object, spec: PayloadSpec | None = None,
+                   ) -> dict[str, np.ndarray]:
     """Rebuild ``{key: ndarray}``; the layout must describe the arrays exactly.
+
+    Every size is checked against the layout (and ``spec``, when given: its keys,
+    shapes, dtypes and byte limit) with Python integers *before* any array is
+    decoded (:func:`strategies.decoding.decode_flat_array`), so a declared size can
+    neither overflow int64 nor make numpy allocate.
 
     Raises
     ------
     PayloadError
-        Malformed layout, unknown dtype group, or lengths that do not add up.
+        Wrong record types, a malformed or oversized layout, a layout that differs
+        from ``spec``, an unknown or missing dtype group, an Array that is not a flat
+        ``.npy`` of the declared size, or lengths that do not add up.
     """
-    entries = _parse_layout(layout)
-    flats: dict[str, np.ndarray] = {}
-    for dtype, array in arrays.items():
-        flat = array.numpy()
-        if flat.ndim != 1 or str(flat.dtype) != dtype:
-            raise PayloadError(f"array {dtype!r} must be flat of dtype {dtype}, got "
-                               f"{flat.dtype} {flat.shape}")
-        flats[dtype] = flat
+    max_bytes = spec.max_bytes if spec is not None else _UNBOUNDED
+    max_chars = (_LAYOUT_CHARS_PER_KEY * len(spec.shapes) + 1024 if spec is not None
+                 else _MAX_LAYOUT_CHARS)
+    if not isinstance(arrays, ArrayRecord):
+        raise PayloadError(f"arrays must be an ArrayRecord, got {type(arrays).__name__}")
+    entries = _parse_layout(layout, max_chars)
+    if spec is not None:
+        _check_against_spec(entries, spec)
+    counts: dict[str, int] = {}
+    for _, dtype, shape in entries:
+        counts[dtype] = counts.get(dtype, 0) + element_count(shape)
+    if set(arrays) != set(counts):
+        raise PayloadError(f"array groups {sorted(arrays)[:5]} differ from the layout's "
+                           f"dtypes {sorted(counts)}")
+    total = sum(n * check_dtype_name(d).itemsize for d, n in counts.items())
+    if total > max_bytes:
+        raise PayloadError(f"layout declares {total} bytes, over the size limit of "
+                           f"{max_bytes} bytes")
+    flats = {dtype: decode_flat_array(arrays[dtype], dtype=dtype, max_bytes=max_bytes,
+                                      count=counts[dtype]) for dtype in counts}
     offsets = dict.fromkeys(flats, 0)
     out: dict[str, np.ndarray] = {}
     for key, dtype, shape in entries:
-        if dtype not in flats:
-            raise PayloadError(f"{key!r}: no {dtype} array in the record")
-        size = int(np.prod(shape, dtype=np.int64))
+        size = element_count(shape)
         start = offsets[dtype]
-        if start + size > flats[dtype].size:
-            raise PayloadError(f"{key!r}: layout runs past the end of the {dtype} array")
         out[key] = flats[dtype][start:start + size].reshape(shape)
         offsets[dtype] = start + size
-    for dtype, used in offsets.items():
-        if used != flats[dtype].size:
-            raise PayloadError(f"{flats[dtype].size - used} {dtype} values not described "
-                               "by the layout")
     return out
 
 
@@ -145,15 +187,31 @@ def write_payload(payload: Mapping[str, np.ndarray]) -> dict[str, ArrayRecord | 
     return {ARRAYS_KEY: arrays, LAYOUT_KEY: layout}
 
 
-def read_payload(content: RecordDict) -> dict[str, np.ndarray]:
-    """The payload a Message's content carries (see :func:`write_payload`)."""
+def read_payload(content: RecordDict, spec: PayloadSpec | None = None
+                 ) -> dict[str, np.ndarray]:
+    """The payload a Message's content carries (see :func:`write_payload`).
+
+    With ``spec`` (the server reading a client's reply), the layout is checked
+    against it before anything is decoded, and the decoded payload is validated
+    (:func:`strategies.validation.validate_payload`: finite values, size limit).
+
+    Raises
+    ------
+    PayloadError
+        Every way the content can fail to be a payload (see :func:`unpack_payload`).
+    """
+    if not isinstance(content, RecordDict):
+        raise PayloadError(f"content must be a RecordDict, got {type(content).__name__}")
     if ARRAYS_KEY not in content.array_records or LAYOUT_KEY not in content.config_records:
         raise PayloadError(
             f"expected ArrayRecord {ARRAYS_KEY!r} and ConfigRecord {LAYOUT_KEY!r}; got "
             f"{list(content.array_records)} and {list(content.config_records)}"
         )
-    return unpack_payload(content.array_records[ARRAYS_KEY],
-                          content.config_records[LAYOUT_KEY])
+    payload = unpack_payload(content.array_records[ARRAYS_KEY],
+                             content.config_records[LAYOUT_KEY], spec)
+    if spec is not None:
+        validate_payload(payload, spec)
+    return payload
 
 
 def raw_nbytes(payload: Mapping[str, np.ndarray]) -> int:

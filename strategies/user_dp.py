@@ -226,7 +226,8 @@ class _UserLevelDP:
         return messages
 
     def _check_replies(self, server_round: int, replies: list[Message]) -> list[Message]:
-        good = [m for m in replies if not m.has_error()]
+        # duplicated and unsampled replies are dropped (and recorded) first
+        good = [m for m in self.dp.adapter.screen_train_replies(replies) if not m.has_error()]
         got = {int(m.metadata.src_node_id) for m in good}
         missing = [n for n in self._sent if n not in got]
         if missing and self.dp.strict:
@@ -245,7 +246,9 @@ class _UserLevelDP:
         """Server side: clip each reply's update to C. Client side: check it was.
 
         Returns the replies kept and each one's *clipped* bit (Flower's ``norm_bit``).
-        A malformed reply is a :class:`PrivacyError` in strict mode, else dropped."""
+        A malformed reply, one the server cannot clip, or (client side) one whose
+        update exceeds ``C`` is a :class:`PrivacyError` in strict mode, else dropped
+        and recorded as rejected (one hostile client cannot end the run)."""
         kept: list[Message] = []
         bits: list[bool] = []
         for msg in replies:
@@ -255,6 +258,9 @@ class _UserLevelDP:
                 if self.dp.strict:
                     raise PrivacyError(f"node {msg.metadata.src_node_id}: {exc}; nothing is "
                                        "released ([user_dp] on_missing = 'error')") from None
+                stats = self.dp.adapter.current_stats  # recorded as the adapter records
+                if stats is not None:
+                    stats.rejected[int(msg.metadata.src_node_id)] = str(exc)
                 continue
             kept.append(msg)
         return kept, bits
@@ -262,13 +268,16 @@ class _UserLevelDP:
     def _clip_one(self, msg: Message) -> bool:
         if ARRAYS_KEY not in msg.content.array_records:
             if self.server_side:  # a masked/encrypted update cannot be clipped here
-                raise PrivacyError(
+                raise PayloadError(
                     f"{self.name} clipping got a reply from node {msg.metadata.src_node_id} "
                     "without a plaintext update (secure aggregation?): the server cannot "
-                    "clip it, so nothing is released; use client-side clipping")
+                    "clip it; use client-side clipping")
             return self._reported_bit(msg)  # secure aggregation: the update is masked
         keys = sorted(self._global)
-        payload = read_payload(msg.content)
+        # Decoded against the round's spec: bounded before deserialising, and checked
+        # for keys, shapes, dtypes and finite values before any arithmetic (a wrong
+        # shape would otherwise broadcast against the global into a "valid" update).
+        payload = read_payload(msg.content, self.dp.adapter.spec)
         if set(payload) != set(keys):
             raise PayloadError(f"reply keys {sorted(payload)} differ from the global "
                                f"payload's {keys}")
@@ -284,7 +293,7 @@ class _UserLevelDP:
             return bit
         norm = get_norm([a - b for a, b in zip(new, old, strict=True)])
         if norm > self._round_clip * (1 + _NORM_SLACK) + 1e-7:
-            raise PrivacyError(
+            raise PayloadError(
                 f"node {msg.metadata.src_node_id} sent an update of norm {norm:.4g} > "
                 f"the clipping norm {self._round_clip:.4g}: its ClientApp does not clip "
                 "(securefed.app.clipping_mod must run on client-side clipping)")
@@ -309,7 +318,12 @@ class _UserLevelDP:
             return None, metrics
         released = self._release(server_round, arrays)
         if self.adaptive:
-            self._adapt(bits)
+            # only the clients in the aggregate move C: a reply the inner strategy
+            # rejected (bad weight, metrics) must not steer the next round's norm
+            stats = self.dp.adapter.history[-1] if self.dp.adapter.history else None
+            accepted = set(stats.accepted) if stats is not None else set()
+            self._adapt([bit for msg, bit in zip(good, bits, strict=True)
+                         if int(msg.metadata.src_node_id) in accepted])
         return released, metrics
 
     def _adapt(self, clipped_bits: list[bool]) -> None:

@@ -9,14 +9,16 @@ count it, without the global adapter ever seeing it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from flwr.app import MetricRecord
 
 from securefed.exceptions import PayloadError
 
-__all__ = ["PayloadSpec", "validate_payload"]
+__all__ = ["PayloadSpec", "check_metrics", "check_weight", "preview_keys", "validate_payload"]
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,11 @@ class PayloadSpec:
         )
 
 
-def _preview(keys: set[str], limit: int = 5) -> str:
+def preview_keys(keys: set[str], limit: int = 5) -> str:
+    """Up to ``limit`` of ``keys``, sorted and cut to 80 characters each, for messages."""
     items = sorted(keys)
     more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-    return ", ".join(repr(k) for k in items[:limit]) + more
+    return ", ".join(repr(k[:80]) for k in items[:limit]) + more
 
 
 def validate_payload(payload: Mapping[str, object], spec: PayloadSpec) -> None:
@@ -65,9 +68,9 @@ def validate_payload(payload: Mapping[str, object], spec: PayloadSpec) -> None:
         raise PayloadError(f"payload must be a mapping, got {type(payload).__name__}")
     got, want = set(payload), set(spec.shapes)
     if missing := want - got:
-        raise PayloadError(f"missing keys: {_preview(missing)}")
+        raise PayloadError(f"missing keys: {preview_keys(missing)}")
     if extra := got - want:
-        raise PayloadError(f"unexpected keys: {_preview(extra)}")
+        raise PayloadError(f"unexpected keys: {preview_keys(extra)}")
     total = 0
     for key in spec.shapes:
         value = payload[key]
@@ -85,3 +88,48 @@ def validate_payload(payload: Mapping[str, object], spec: PayloadSpec) -> None:
         total += value.nbytes
         if total > spec.max_bytes:
             raise PayloadError(f"payload exceeds the size limit of {spec.max_bytes} bytes")
+
+
+def check_weight(value: object, *, key: str, max_weight: int) -> int:
+    """A client's aggregation weight: an int in ``[1, max_weight]``, else PayloadError.
+
+    FedAvg (McMahan et al., arXiv 1602.05629) weighs a client by its example count; an
+    unbounded weight lets one client own the mean (or make it ``inf``: ``1e308``), so
+    plaintext aggregation bounds it as the secure modes do (``[secure] max_weight``).
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadError(f"{key!r} must be an int in [1, max_weight={max_weight}], got "
+                           f"{type(value).__name__} {str(value)[:40]}")
+    if not 1 <= value <= max_weight:
+        raise PayloadError(f"{key!r} must be an int in [1, max_weight={max_weight}], got "
+                           f"{str(value)[:40]}; raise [secure] max_weight for larger clients")
+    return value
+
+
+def check_metrics(record: object, *, name: str) -> dict[str, float]:
+    """A reply's metrics: a MetricRecord of finite scalars (keys up to 128 characters).
+
+    Raises
+    ------
+    PayloadError
+        Not a MetricRecord, a key that is not a short string, or a value that is a
+        list, a bool or not finite.
+    """
+    if not isinstance(record, MetricRecord):
+        raise PayloadError(f"{name!r} must be a MetricRecord, got {type(record).__name__}")
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if not isinstance(key, str) or len(key) > 128:
+            raise PayloadError(f"{name!r}: metric keys must be strings of at most 128 "
+                               f"characters, got {str(key)[:40]!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise PayloadError(f"{name!r}: metric {key!r} must be a number, got "
+                               f"{type(value).__name__}")
+        try:
+            as_float = float(value)
+        except OverflowError:
+            as_float = math.inf
+        if not math.isfinite(as_float):
+            raise PayloadError(f"{name!r}: metric {key!r} is not finite ({str(value)[:40]})")
+        out[key] = as_float
+    return out

@@ -28,7 +28,12 @@ from securefed.app.runtime import heldout_split, histograms, tuned_model, write_
 from securefed.app.secure import secure_facts, wrap_strategy
 from securefed.app.settings import config_from_run_config, run_dir_of
 from securefed.config import ExperimentConfig
-from securefed.exceptions import AggregationError, PrivacyBudgetExhausted, PrivacyError
+from securefed.exceptions import (
+    AggregationError,
+    PrivacyBudgetExhausted,
+    PrivacyError,
+    SecurefedError,
+)
 from securefed.report.plots import plot_run
 from securefed.report.recorder import RunRecorder
 from securefed.training import evaluate
@@ -54,8 +59,12 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     Raises
     ------
     AggregationError
-        If a round has fewer valid replies than required; ``summary.json`` then
-        records ``status = "failed"`` and the reason before the error propagates.
+        If a round has fewer valid replies than required, or any other error ends a
+        round (an error that is not a SecurefedError is re-raised as
+        AggregationError, chained; a SecurefedError as itself);
+        ``summary.json`` then records ``status = "failed"`` and the reason first.
+    PrivacyError
+        A privacy refusal of the user-level DP or secure wrappers (same summary).
     """
     config = config_from_run_config(run_config)
     run_dir = run_dir_of(run_config, config)
@@ -74,6 +83,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
         min_replies=fed.required_replies,
         evaluate_clients=fed.evaluate_clients,
         max_payload_bytes=int(fed.max_payload_mb * 2**20),
+        max_weight=config.secure.max_weight,  # bounds plaintext weights too
         rng=np.random.default_rng(config.experiment.seed),
         observer=recorder,
         **adapter_options(config),
@@ -138,6 +148,14 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
         recorder.summary(status="failed", reason=str(exc), **facts,
                          **recorder.privacy_facts())
         raise
+    except Exception as exc:  # any other error in a round: a failed run, never a bare trace
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("run failed: %s", reason)
+        log.debug("run failed", exc_info=True)
+        recorder.summary(status="failed", reason=reason, **facts, **recorder.privacy_facts())
+        if isinstance(exc, SecurefedError):
+            raise  # already typed (a wrapper's ConfigError, a PayloadError, ...)
+        raise AggregationError(f"the run failed: {reason}") from exc
     final = record_to_payload(result.arrays) if len(result.arrays) else initial
     return _finish(config, tm, recorder, run_dir, final, facts, status="completed")
 

@@ -158,3 +158,85 @@ def test_capture_saves_one_clients_real_reply(tiny_backbones, tmp_path) -> None:
     assert set(payload) == set(sent) == set(tuned_model(cfg).payload())
     assert any(not np.array_equal(payload[k], sent[k]) for k in payload)  # it trained
     assert [p.name for p in (tmp_path / "captures").iterdir()] == ["round-2-client-1"]
+
+
+def _hostile_run(tiny_backbones, tmp_path, mod, **tables):
+    """run_server with real clients, node 0's train reply rewritten by ``mod``."""
+    from securefed.config import to_flat
+
+    cfg = tiny_config(tiny_backbones["bert"], tmp_path, num_clients=2, per_round=2, rounds=1,
+                      **tables)
+
+    def rewrite(msg: Message, ctx: Context, call_next):
+        reply = call_next(msg, ctx)
+        if int(ctx.node_config["partition-id"]) == 0 and msg.metadata.message_type == "train":
+            return mod(reply)
+        return reply
+
+    app = ClientApp(mods=[rewrite])
+    app.train()(client_module.handle_train)
+    app.evaluate()(client_module.handle_evaluate)
+    run_config = {"config-file": "", "run-dir": str(tmp_path)}
+    run_config.update(to_flat(cfg))
+    return run_server, InProcessGrid(app, 2, run_config), run_config
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_a_weight_of_1e308_is_rejected_and_the_run_fails_with_its_reason(tiny_backbones,
+                                                                         tmp_path) -> None:
+    """Finding 5: ``num-examples = 1e308`` used to make the global ``inf``."""
+    from flwr.app import MetricRecord
+
+    def huge(reply: Message) -> Message:
+        reply.content["metrics"] = MetricRecord({**reply.content["metrics"],
+                                                 "num-examples": 1e308})
+        return reply
+
+    run, grid, run_config = _hostile_run(tiny_backbones, tmp_path, huge)
+    with pytest.raises(AggregationError, match="1 valid replies of 2 sampled, 2 required"):
+        run(grid, run_config)
+    summary = _summary(tmp_path)
+    assert summary["status"] == "failed" and "max_weight=65536" in summary["reason"]
+
+
+def test_a_reply_of_another_serialisation_type_fails_the_user_dp_round_with_a_summary(
+        tiny_backbones, tmp_path) -> None:
+    """Finding 5: a non-numpy Array crashed the server-side clipping wrapper with a bare
+    TypeError; under strict user-level DP it now ends the run as a PrivacyError."""
+    from securefed.exceptions import PrivacyError
+
+    def torch_stype(reply: Message) -> Message:
+        (array,) = [a for a in reply.content["arrays"].values()]
+        array.__dict__["stype"] = "torch.Tensor"
+        return reply
+
+    user = {"clipping": "server-fixed", "noise_multiplier": 0.8, "clipping_norm": 0.5,
+            "randomness": "seeded", "sampling": "fixed", "delta": 1e-3,
+            "target_epsilon": 100.0}
+    run, grid, run_config = _hostile_run(tiny_backbones, tmp_path, torch_stype, user_dp=user)
+    with pytest.raises(PrivacyError, match=r"serialisation type 'torch\.Tensor'"):
+        run(grid, run_config)
+    summary = _summary(tmp_path)
+    assert summary["status"] == "failed" and "torch.Tensor" in summary["reason"]
+
+
+def test_any_error_in_aggregation_ends_the_run_with_a_failed_summary(tiny_backbones, tmp_path,
+                                                                     monkeypatch) -> None:
+    """An error that is not securefed's own (a bug, a library failure) still writes
+    ``summary.json`` with ``status = "failed"`` and the reason, and surfaces typed."""
+    import strategies.adapter_fedavg as fedavg
+
+    def broken(payloads, weights):
+        raise ZeroDivisionError("injected failure in the weighted mean")
+
+    monkeypatch.setattr(fedavg, "weighted_mean_by_key", broken)
+    run, grid, run_config = _hostile_run(tiny_backbones, tmp_path, lambda reply: reply)
+    with pytest.raises(AggregationError, match="ZeroDivisionError: injected failure") as info:
+        run(grid, run_config)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    summary = _summary(tmp_path)
+    assert summary["status"] == "failed"
+    assert summary["reason"] == "ZeroDivisionError: injected failure in the weighted mean"

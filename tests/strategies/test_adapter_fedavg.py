@@ -19,7 +19,7 @@ INIT = {"lora_A": np.zeros((2, 3), np.float32), "head.bias": np.zeros(4, np.floa
 Corrupt = Callable[[int, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-def make_app(corrupt: Corrupt | None = None, weight: Callable[[int], float] | None = None):
+def make_app(corrupt: Corrupt | None = None, weight: Callable[[int], object] | None = None):
     """Client i adds (i + 1) to every tensor; ``corrupt`` may break its reply."""
     app = ClientApp()
 
@@ -75,7 +75,7 @@ def run(app: ClientApp, *, n: int = 4, k: int = 4, min_replies: int = 4, rounds:
 
 
 def test_weighted_mean_by_key_through_flower_loop() -> None:
-    weights = {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0}
+    weights = {0: 1, 1: 2, 2: 3, 3: 4}
     result, obs, _ = run(make_app(weight=lambda pid: weights[pid]))
     final = record_to_payload(result.arrays)
     expected = sum(w * (pid + 1) for pid, w in weights.items()) / sum(weights.values())

@@ -91,9 +91,9 @@ def test_packed_wire_format_round_trips_by_key_and_is_compact() -> None:
 
 
 @pytest.mark.parametrize(("layout", "match"), [
-    ('[["a", "float32", [2, 2]]]', "values not described"),
-    ('[["a", "float32", [9]]]', "runs past the end"),
-    ('[["a", "float64", [6]]]', "no float64 array"),
+    ('[["a", "float32", [2, 2]]]', "declares 6 elements, the layout describes 4"),
+    ('[["a", "float32", [9]]]', "declares 6 elements, the layout describes 9"),
+    ('[["a", "float64", [6]]]', "differ from the layout's dtypes"),
     ('[["a", "float32", [3]], ["a", "float32", [3]]]', "duplicate key"),
     ('[["a", "float32", [-6]]]', "malformed layout entry"),
     ('{"a": 1}', "list of"),

@@ -122,9 +122,9 @@ def test_clipping_mod_sends_weight_one_and_the_norm_bit_only_when_adaptive(
     app = make_app(lambda pid: 1e-6 if pid % 2 else 1.0, mods=[clipping_mod])
     adapter_replies = AdapterFedAvg.report_client_metrics
 
-    def spy(self, server_round, node, msg):
-        seen.append(dict(msg.content.metric_records["metrics"]))
-        return adapter_replies(self, server_round, node, msg)
+    def spy(self, server_round, node, metrics):
+        seen.append(dict(metrics))
+        return adapter_replies(self, server_round, node, metrics)
 
     monkeypatch.setattr(AdapterFedAvg, "report_client_metrics", spy)
     run(app, clipping, **kwargs)
