@@ -22,6 +22,10 @@ def tiny_config(backbone: Path, out: Path, *, dataset: str = "bbc-news", method_
                        "evaluate_clients": per_round},
         "train": {"batch_size": 8, "lr": 5e-3},
     }
+    private = "dp" in tables or "user_dp" in tables or (
+        tables.get("secure", {}).get("mode", "none") != "none")
+    if private:  # clients' evaluation metrics may not leave them (docs/privacy.md)
+        tree["federation"]["evaluate_clients"] = 0
     for table, values in tables.items():
         tree.setdefault(table, {}).update(values)
     return ExperimentConfig.from_dict(tree)
