@@ -96,6 +96,15 @@ def _check_receiver(message: object, kind: type, client_id: int) -> None:
         raise ProtocolError(f"expected the {kind.__name__} for client {client_id}")
 
 
+def _check_unsigned(message: object, *names: str) -> None:
+    """Semi-honest mode: the malicious-mode fields must be empty dicts."""
+    for name in names:
+        value = getattr(message, name, None)
+        if not isinstance(value, dict) or value:
+            raise ProtocolError(f"{type(message).__name__}.{name} must be empty in "
+                                "semi-honest mode")
+
+
 def _check_stage(current: str, expected: str, action: str) -> None:
     if current != expected:
         raise ProtocolError(
@@ -312,6 +321,8 @@ class SecAggClient:
                 if not isinstance(key, bytes) or len(key) != PUBLIC_KEY_BYTES or key in seen:
                     raise ProtocolError(f"malformed or repeated public key of client {peer}")
                 seen.add(key)
+        if self.auth is None:
+            _check_unsigned(broadcast, "signatures", "members")
         members = self._check_signed(broadcast, neighbours) if self.auth is not None else {}
         self._members = members
         self._b_seed = secrets.token_bytes(SEED_BYTES)
@@ -516,7 +527,9 @@ class SecAggClient:
         if len(survivors) + 1 < t:
             raise FloorError(f"only {len(survivors)} surviving neighbours (and this client); "
                              f"unmasking needs at least t = {t}")
-        if self.auth is not None:
+        if self.auth is None:
+            _check_unsigned(request, "signatures")
+        else:
             self.auth.check_consistency(self.config, self._members,
                                         members_digest(self._members), self._u3,
                                         request.signatures)

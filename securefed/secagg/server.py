@@ -233,6 +233,9 @@ class SecAggServer:
                 raise ProtocolError(f"client {sender} claims the name {name!r} of another "
                                     "client")
             self._signed[sender] = (name, sig)
+        elif not (isinstance(msg.name, str) and msg.name == ""
+                  and isinstance(msg.signature, bytes) and msg.signature == b""):
+            raise ProtocolError(f"client {sender} sent a name or signature in semi-honest mode")
         self._keys[sender] = keys
 
     def broadcast_keys(self) -> dict[int, KeysBroadcast]:
