@@ -124,6 +124,12 @@ class Authenticator:
             raise ConfigError(f"identity {self.identity.name!r} is not the roster's member "
                               "of that name")
 
+    def __copy__(self) -> Authenticator:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Authenticator:
+        return self  # immutable: a copied client shares its node's identity
+
     @property
     def name(self) -> str:
         """This node's roster name."""

@@ -81,12 +81,15 @@ class Round:
         degree: int | None = None,
         threshold: int | None = None,
         malicious: bool = False,
+        round_id: int = 0,
+        run: str = RUN,
     ) -> None:
-        self.cfg = make_config(n, length, 1.0, bits, degree=degree, threshold=threshold)
+        self.cfg = make_config(n, length, 1.0, bits, degree=degree, threshold=threshold,
+                               round_id=round_id)
         self.ids = list(range(1, n + 1))
         self.malicious = malicious
         self.steps = steps_of(malicious)
-        self.auths = authenticators(self.ids) if malicious else {}
+        self.auths = authenticators(self.ids, run) if malicious else {}
         self.x = {i: np.linspace(-1.0, 1.0, length) * (i / n) for i in self.ids}
         self.server = SecAggServer(self.cfg, self.ids, graph_seed=GRAPH_SEED,
                                    malicious=malicious)
