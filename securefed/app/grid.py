@@ -15,8 +15,10 @@ Flower; it exists so that the app logic can be exercised in seconds.
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -65,6 +67,10 @@ class InProcessGrid(Grid):
     drop : callable, optional
         ``drop(message) -> bool``; a message for which it returns True gets no reply,
         as when a node vanishes. For dropout tests.
+    roster : bool
+        Give every node a roster identity for the run (malicious-mode SecAgg+), written
+        under ``<run-dir>/roster`` (a temporary folder without ``run-dir``) and passed
+        in its node config, as a deployment does with ``--node-config``.
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class InProcessGrid(Grid):
         *,
         run_id: int = 1,
         drop: Callable[[Message], bool] | None = None,
+        roster: bool = True,
     ) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
@@ -97,6 +104,14 @@ class InProcessGrid(Grid):
             )
             for i, node_id in enumerate(self._node_ids)
         }
+        if roster:
+            from securefed.app.secagg_identity import provision_roster
+
+            run_dir = str(run_config.get("run-dir", "") or "")
+            root = Path(run_dir) / "roster" if run_dir else Path(
+                tempfile.mkdtemp(prefix="securefed-roster-"))
+            for i, extra in provision_roster(root, num_nodes).items():
+                self.contexts[self._node_ids[i]].node_config.update(extra)
         self._replies: dict[str, Message] = {}
 
     def set_run(self, run: Run) -> None:

@@ -273,6 +273,11 @@ def run_simulation(
     _write_app(app_dir, config_file, run_dir)
     flwr_home = run_dir / ".flwr"
     env = _flower_env(flwr_home)
+    if _needs_roster(config):  # the run's roster, found by partition id
+        from securefed.app.secagg_identity import ROSTER_DIR_ENV, provision_roster
+
+        provision_roster(run_dir / "roster", config.data.num_clients)
+        env[ROSTER_DIR_ENV] = str(run_dir / "roster")
     log_path = run_dir / FLOWER_LOG
     with _terminate_as_interrupt(), _superlink(run_dir, env) as port:
         _write_connection(flwr_home, port)
@@ -319,6 +324,12 @@ def _read_summary(run_dir: Path, log_path: Path) -> dict[str, Any]:
     return summary
 
 
+def _needs_roster(config: ExperimentConfig) -> bool:
+    """Malicious-mode SecAgg+: every node needs a roster identity (a node that has one
+    refuses semi-honest rounds, so semi-honest runs get none)."""
+    return config.secure.mode == "secagg" and config.secure.adversary == "malicious"
+
+
 def run_inprocess(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     """Run ``config`` through the in-process grid (same ServerApp / ClientApp code)."""
     from securefed.app.client_app import app as client_app
@@ -331,5 +342,6 @@ def run_inprocess(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     config_file = run_dir / "config.toml"
     config_file.write_text(tomli_w.dumps(config.to_dict()))
     run_config = {"config-file": str(config_file), "run-dir": str(run_dir)}
-    grid = InProcessGrid(client_app, config.data.num_clients, run_config)
+    grid = InProcessGrid(client_app, config.data.num_clients, run_config,
+                         roster=_needs_roster(config))
     return run_server(grid, run_config)

@@ -50,6 +50,7 @@ def _secagg(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod
     s = config.secure
     return SecureAggregation(inner, bits=s.bits, degree=s.degree or None,
                              threshold=s.threshold or None,
+                             adversary=s.adversary,  # type: ignore[arg-type]
                              train_timeout=config.federation.round_timeout_s,
                              **_shared(config, method))
 
@@ -114,4 +115,6 @@ def secure_facts(config: ExperimentConfig, method: TuningMethod) -> dict[str, An
                      secure_exactness="exact" if exact else "inexact-allowed")
         if s.mode == "ckks":
             facts["ckks_key_role"] = s.key_role
+        if s.mode == "secagg":
+            facts["secagg_adversary"] = s.adversary
     return facts
