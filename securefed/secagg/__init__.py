@@ -48,6 +48,7 @@ What is here
 
 from __future__ import annotations
 
+from securefed.secagg.auth import Authenticator, consistency_threshold
 from securefed.secagg.client import SecAggClient
 from securefed.secagg.crypto import (
     KEY_LABELS,
@@ -61,7 +62,6 @@ from securefed.secagg.crypto import (
     generate_keypair,
     load_public_key,
 )
-from securefed.secagg.auth import Authenticator, consistency_threshold
 from securefed.secagg.errors import (
     DecryptionError,
     DropoutError,

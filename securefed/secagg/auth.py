@@ -37,6 +37,7 @@ share-encryption private key, which no party ever reveals.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ def consistency_threshold(num_clients: int, threshold: int) -> int:
     return (int(num_clients) + int(threshold) - 1) // 2 + 1
 
 
+@functools.lru_cache(maxsize=64)
 def config_digest(config: SecAggConfig) -> bytes:
     """SHA-256 of every parameter of the round's config (signed with the keys)."""
     q = config.quantization
@@ -195,9 +197,9 @@ class Authenticator:
 
     # ----------------------------------------------------------- consistency
     def _set_fields(self, config: SecAggConfig, signer: int, name: str, session: bytes,
-                    survivors: Iterable[int]) -> tuple[str | int | bytes, ...]:
-        return (self.run, config.round_id, signer, name, config_digest(config), session,
-                _id_list(survivors))
+                    survivors: Iterable[int] | bytes) -> tuple[str | int | bytes, ...]:
+        ids = survivors if isinstance(survivors, bytes) else _id_list(survivors)
+        return (self.run, config.round_id, signer, name, config_digest(config), session, ids)
 
     def sign_survivors(self, config: SecAggConfig, client_id: int, session: bytes,
                        survivors: Iterable[int]) -> bytes:
@@ -212,11 +214,12 @@ class Authenticator:
 
         Signers must be in the survivor set and in the members map (whose names are
         distinct roster members); a signature that does not verify is not counted.
+        Checking stops once ``T`` signatures verified.
 
         Returns
         -------
         int
-            The number of valid signatures (at least ``T``).
+            The number of valid signatures counted (``T``).
 
         Raises
         ------
@@ -229,15 +232,18 @@ class Authenticator:
         if not isinstance(signatures, dict):
             raise ProtocolError("the consistency signatures must be a dict of id -> bytes")
         need = consistency_threshold(config.num_clients, config.graph.threshold)
+        ids = _id_list(survivors)
         valid, refused = 0, []
         for signer, sig in sorted(signatures.items(), key=lambda kv: repr(kv[0])):
+            if valid >= need:
+                break
             name = members.get(signer) if isinstance(signer, int) else None
             if name is None or signer not in survivors:
                 refused.append(f"{signer!r}: not a survivor in the members map")
                 continue
             try:
                 self.roster.verify(name, sig, CONSISTENCY_DOMAIN,
-                                   *self._set_fields(config, signer, name, session, survivors))
+                                   *self._set_fields(config, signer, name, session, ids))
             except SignatureError as exc:
                 refused.append(f"{signer}: {exc}")
                 continue

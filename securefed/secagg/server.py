@@ -41,8 +41,8 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from securefed.exceptions import ConfigError, PayloadError
-from securefed.secagg.crypto import PAIRWISE_MASK_LABEL, PUBLIC_KEY_BYTES, derive_shared_key
 from securefed.secagg.auth import consistency_threshold
+from securefed.secagg.crypto import PAIRWISE_MASK_LABEL, PUBLIC_KEY_BYTES, derive_shared_key
 from securefed.secagg.errors import DropoutError, ProtocolError, SumRangeError
 from securefed.secagg.graph import NeighbourGraph, build_graph
 from securefed.secagg.masks import add_mod, expand_mask, neg_mod, pairwise_mask, pairwise_sign

@@ -13,10 +13,10 @@ from securefed.secagg import (
     CONSISTENCY,
     DONE,
     MASKED_INPUT,
+    SEMI_HONEST_STAGES,
     SHARE_KEYS,
     STAGES,
     UNMASK,
-    SEMI_HONEST_STAGES,
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -66,8 +66,8 @@ MODE_STAGES = [(mode, stage) for mode in MODES
 
 def test_stage_order():
     assert STAGES == (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, CONSISTENCY, UNMASK, DONE)
-    assert SEMI_HONEST_STAGES == (*STEPS, DONE)
-    assert MALICIOUS_STEPS == STAGES[:5]
+    assert (*STEPS, DONE) == SEMI_HONEST_STAGES
+    assert STAGES[:5] == MALICIOUS_STEPS
 
 
 def _client_at(stage: str, malicious: bool) -> SecAggClient:
