@@ -5,10 +5,19 @@ Both run on Flower's **Message API** (``flwr.serverapp.ServerApp`` + ``Strategy.
 
 * ``securefed-plaintext``: :class:`strategies.adapter_fedavg.AdapterFedAvg` alone;
 * ``securefed-secagg``: the same inside :class:`strategies.secure_aggregation.
-  SecureAggregation` (SecAgg+; setup, share-keys, masked-input with the train message,
-  and unmask exchanges) and ``secagg_mod`` on the client. Clipping range
-  8 and max weight 1000 (Flower's defaults, like for like with ``flower-secagg+``),
-  32-bit modulus, degree and threshold of ``securefed secagg plan`` (dropout 0).
+  SecureAggregation` (SecAgg+ against a semi-honest server; setup, share-keys,
+  masked-input with the train message, and unmask exchanges) and ``secagg_mod`` on the
+  client. Clipping range 8 and max weight 1000 (Flower's defaults, like for like with
+  ``flower-secagg+``), 32-bit modulus, degree and threshold of ``securefed secagg plan``
+  (dropout 0);
+* ``securefed-secagg-malicious``: the same against an active server (signed keys, the
+  members map and the consistency stage); each simulated node finds its identity in a
+  roster written for the run (``SECUREFED_NODE_CONFIG_DIR``, by partition id).
+
+Bytes: every securefed variant also reports ``bytes_up_per_client``, the mean over
+rounds and clients of what the strategy counted as uploaded (``TrainRoundStats.
+bytes_up``: the serialised protocol records of every stage under SecAgg+, the payload
+in plaintext).
 
 Both ClientApps carry ``mods=[secagg_mod]`` like securefed's own ClientApp (the mod
 passes plaintext messages through). The client reads the global payload
@@ -31,6 +40,7 @@ the weighted mean of the payload vectors, which SecAgg+ computes up to quantisat
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +51,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from bench.round_time import register_variant
+from securefed.app.nodes import NODE_CONFIG_DIR_ENV, provision_roster
 from securefed.app.secagg_mod import secagg_mod
 from securefed.secagg.plan import plan
 from securefed.secagg.quantize import sum_error_bound
@@ -52,7 +63,7 @@ if TYPE_CHECKING:
     from bench.round_time import ClientSpec, RoundSetup, RoundTimer
 
 __all__ = ["SECAGG_SETTINGS", "TimedStrategy", "securefed_client_app",
-           "securefed_plaintext", "securefed_secagg"]
+           "securefed_plaintext", "securefed_secagg", "securefed_secagg_malicious"]
 
 #: ``SecureAggregation`` settings: Flower's clipping range and max weight (like for
 #: like with ``flower-secagg+``) and a 32-bit modulus; k and t come from ``plan``.
@@ -71,6 +82,13 @@ class TimedStrategy(Strategy):
     def __init__(self, inner: Strategy, setup: RoundSetup, timer: RoundTimer) -> None:
         self.inner, self.setup, self.timer = inner, setup, timer
         self._before: list[np.ndarray] = []
+
+    def bytes_up_per_client(self) -> float | None:
+        """Mean uploaded bytes per client and round (``TrainRoundStats.bytes_up``)."""
+        core = getattr(self.inner, "inner", self.inner)
+        history = getattr(core, "history", [])
+        values = [b for h in history for b in h.bytes_up.values()]
+        return float(np.mean(values)) if values else None
 
     def _ordered(self, arrays: ArrayRecord) -> list[np.ndarray]:
         return [arrays[k].numpy() for k in self.setup.payload]
@@ -138,7 +156,7 @@ def _server_app(setup: RoundSetup, build: Any, info: dict[str, Any]) -> ServerAp
         strategy.start(grid=grid, initial_arrays=payload_to_record(setup.payload),
                        num_rounds=setup.rounds, timeout=600.0,
                        train_config=ConfigRecord(), evaluate_config=ConfigRecord())
-        timer.write(info)
+        timer.write({**info, "bytes_up_per_client": strategy.bytes_up_per_client()})
 
     return app
 
@@ -175,13 +193,18 @@ def secagg_error_bound(setup: RoundSetup, wrapper: SecureAggregation) -> float:
 
 
 def _secagg_variant(setup: RoundSetup, degree: int, threshold: int,
-                    label: str) -> tuple[ServerApp, ClientApp]:
+                    label: str, adversary: str = "semi-honest") -> tuple[ServerApp, ClientApp]:
     n = setup.num_clients
     length = sum(int(np.size(v)) for v in setup.payload.values())
+    if adversary == "malicious":  # run_variant restores the environment afterwards
+        roster_dir = setup.timings_path.parent / "roster"
+        provision_roster(roster_dir, n)
+        os.environ[NODE_CONFIG_DIR_ENV] = str(roster_dir)
 
     def build() -> SecureAggregation:
         return SecureAggregation(_inner(setup), method="lora", exact_under_sum=False,
                                  allow_inexact=True, degree=degree, threshold=threshold,
+                                 adversary=adversary,  # type: ignore[arg-type]
                                  **SECAGG_SETTINGS)
 
     probe = build()
@@ -192,7 +215,8 @@ def _secagg_variant(setup: RoundSetup, degree: int, threshold: int,
     if setup.client.scale * largest / probe.max_weight >= probe.clipping_range:
         raise ValueError("client updates would leave the clipping range")
     info = {"api": "message", "strategy": "SecureAggregation(AdapterFedAvg)",
-            "securefed_secagg": {**SECAGG_SETTINGS, "degree": cfg.graph.degree,
+            "securefed_secagg": {**SECAGG_SETTINGS, "adversary": adversary,
+                                 "degree": cfg.graph.degree,
                                  "threshold": cfg.graph.threshold, "choice": label,
                                  "q_max": cfg.quantization.grid_max,
                                  "step": cfg.quantization.step},
@@ -208,6 +232,16 @@ def securefed_secagg(setup: RoundSetup) -> tuple[ServerApp, ClientApp]:
     length = sum(int(np.size(v)) for v in setup.payload.values())
     p = plan(n, length, 0.0, clipping_range=SECAGG_SETTINGS["clipping_range"])
     return _secagg_variant(setup, p.degree, p.threshold, "plan")
+
+
+@register_variant("securefed-secagg-malicious")
+def securefed_secagg_malicious(setup: RoundSetup) -> tuple[ServerApp, ClientApp]:
+    """``securefed-secagg`` against an active server: Ed25519-signed keys from a roster
+    written for the run, the members map and the consistency stage."""
+    n = setup.num_clients
+    length = sum(int(np.size(v)) for v in setup.payload.values())
+    p = plan(n, length, 0.0, clipping_range=SECAGG_SETTINGS["clipping_range"])
+    return _secagg_variant(setup, p.degree, p.threshold, "plan", adversary="malicious")
 
 
 @register_variant("securefed-secagg-k2")

@@ -255,15 +255,21 @@ def run_variant(name: str, payload: Mapping[str, np.ndarray], num_clients: int,
     from flwr.simulation import run_simulation
 
     _load_variants()
+    saved_env = dict(os.environ)  # a variant may point its nodes at a roster
     with tempfile.TemporaryDirectory(prefix="round-time-") as tmp:
         setup = RoundSetup(payload, num_clients, rounds, Path(tmp) / "timings.json",
                            client or ClientSpec())
-        server_app, client_app = VARIANTS[name](setup)
-        t0 = time.perf_counter()
-        run_simulation(server_app=server_app, client_app=client_app,
-                       num_supernodes=num_clients,
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-        wall = time.perf_counter() - t0
+        try:
+            server_app, client_app = VARIANTS[name](setup)
+            t0 = time.perf_counter()
+            run_simulation(server_app=server_app, client_app=client_app,
+                           num_supernodes=num_clients,
+                           backend_config={"client_resources": {"num_cpus": 1,
+                                                                "num_gpus": 0.0}})
+            wall = time.perf_counter() - t0
+        finally:
+            os.environ.clear()
+            os.environ.update(saved_env)
         if not setup.timings_path.exists():
             raise AssertionError(f"{name}: the ServerApp wrote no timings (it failed)")
         data = json.loads(setup.timings_path.read_text())
@@ -280,6 +286,7 @@ def run_variant(name: str, payload: Mapping[str, np.ndarray], num_clients: int,
             "round_seconds": secs, "warmup_seconds": secs[0],
             "median_seconds": statistics.median(secs[1:] or secs),
             "max_abs_error": max_err, "round_errors": errors,
+            "bytes_up_per_client": info.get("bytes_up_per_client"),
             "simulation_wall_seconds": wall, "info": info}
 
 
@@ -300,9 +307,11 @@ def measure(payload: Mapping[str, np.ndarray], clients: Sequence[int], rounds: i
                 runs.append(run_variant(name, payload, n, rounds, client))
             finally:
                 flwr_log.setLevel(level)
-            print(f"  n={n:<3} {name:<20} {runs[-1]['median_seconds']:.3f} s/round "
+            up = runs[-1]["bytes_up_per_client"]
+            print(f"  n={n:<3} {name:<27} {runs[-1]['median_seconds']:.3f} s/round "
                   f"(warm-up {runs[-1]['warmup_seconds']:.3f} s, "
-                  f"err {runs[-1]['max_abs_error']:.2g})", file=sys.stderr)
+                  f"err {runs[-1]['max_abs_error']:.2g}"
+                  + (f", {up:,.0f} B up/client" if up else "") + ")", file=sys.stderr)
         for b in BASELINES:
             base = next((r["median_seconds"] for r in runs
                          if r["num_clients"] == n and r["variant"] == b), None)
@@ -318,6 +327,8 @@ def measure(payload: Mapping[str, np.ndarray], clients: Sequence[int], rounds: i
 PROTOCOL_ONLY = "protocol-only"  #: mode name of ``--train-steps 0``
 #: What the securefed SecAgg+ round is compared against (the issue's goals).
 GOAL_VARIANT, GOAL_PLAIN, GOAL_RATIO = "securefed-secagg", "securefed-plaintext", 1.25
+#: Malicious-server SecAgg+ against semi-honest (issue 10): time and uploaded bytes.
+MALICIOUS_VARIANT, MALICIOUS_TIME, MALICIOUS_BYTES = "securefed-secagg-malicious", 1.3, 1.05
 FLOWER_SECAGG = ("flower-secagg+", "flower-secagg+plan")
 
 
@@ -393,7 +404,45 @@ def _mode_markdown(mode: str, entry: Mapping[str, Any]) -> list[str]:
             ["n", f"{GOAL_VARIANT} ÷ {GOAL_PLAIN}", f"≤ {GOAL_RATIO}x"]
             + [f"÷ {v}" for v in FLOWER_SECAGG] + ["faster than Flower's SecAgg+"],
             goal_rows, "rrlrrl"), ""]
+    lines += _malicious_goals(by)
     return lines
+
+
+def malicious_ratios(by: Mapping[tuple[int, str], Mapping[str, Any]]
+                     ) -> list[dict[str, Any]]:
+    """Per n: ``securefed-secagg-malicious`` ÷ ``securefed-secagg`` in round time and
+    uploaded bytes per client (``None`` where a side was not measured)."""
+    out = []
+    for n in sorted({k[0] for k in by}):
+        mal, semi = by.get((n, MALICIOUS_VARIANT)), by.get((n, GOAL_VARIANT))
+        if mal is None or semi is None:
+            continue
+        time_ratio = mal["median_seconds"] / semi["median_seconds"]
+        b_mal, b_semi = mal.get("bytes_up_per_client"), semi.get("bytes_up_per_client")
+        bytes_ratio = b_mal / b_semi if b_mal and b_semi else None
+        out.append({"clients": n, "time_ratio": time_ratio, "bytes_ratio": bytes_ratio,
+                    "bytes_malicious": b_mal, "bytes_semi_honest": b_semi})
+    return out
+
+
+def _malicious_goals(by: Mapping[tuple[int, str], Mapping[str, Any]]) -> list[str]:
+    rows = [[r["clients"], f"{r['time_ratio']:.2f}x",
+             "pass" if r["time_ratio"] <= MALICIOUS_TIME else "**FAIL**",
+             "–" if r["bytes_malicious"] is None else f"{r['bytes_malicious']:,.0f}",
+             "–" if r["bytes_semi_honest"] is None else f"{r['bytes_semi_honest']:,.0f}",
+             "–" if r["bytes_ratio"] is None else f"{r['bytes_ratio']:.3f}x",
+             "–" if r["bytes_ratio"] is None
+             else ("pass" if r["bytes_ratio"] <= MALICIOUS_BYTES else "**FAIL**")]
+            for r in malicious_ratios(by)]
+    if not rows:
+        return []
+    return [f"Malicious-server SecAgg+ (`{MALICIOUS_VARIANT}`) against semi-honest "
+            f"(`{GOAL_VARIANT}`), same run; goals ≤ {MALICIOUS_TIME}x time, ≤ "
+            f"{MALICIOUS_BYTES}x uploaded bytes per client:", "",
+            _common.markdown_table(
+                ["n", "time ÷ semi-honest", f"≤ {MALICIOUS_TIME}x", "bytes up / client",
+                 "semi-honest", "bytes ÷ semi-honest", f"≤ {MALICIOUS_BYTES}x"],
+                rows, "rrlrrrl"), ""]
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:

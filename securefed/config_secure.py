@@ -13,6 +13,7 @@
     bits = 32                 # modulus 2**bits
     degree = 0                # neighbours k (0: O(log n))
     threshold = 0             # Shamir t (0: floor(k/2) + 1)
+    adversary = "malicious"   # or "semi-honest": signed keys + consistency round, or not
     # CKKS (Cheon et al. 2017)
     key_role = "authority"    # or "shared" (every client holds the secret key; weaker)
     poly_modulus_degree = 8192
@@ -39,6 +40,8 @@ SECURE_MODES = ("none", "secagg", "ckks")
 """Valid ``[secure] mode`` values."""
 
 _OVERFLOW = ("error", "clip")
+ADVERSARIES = ("malicious", "semi-honest")
+"""Valid ``[secure] adversary`` values (SecAgg+): the server it holds against."""
 _ROLES = ("authority", "shared")
 
 
@@ -59,6 +62,7 @@ class SecureConfig:
     bits: int = 32
     degree: int = 0
     threshold: int = 0
+    adversary: str = "malicious"
     key_role: str = "authority"
     poly_modulus_degree: int = 8192
     coeff_mod_bit_sizes: str = "60,40,60"
@@ -78,6 +82,9 @@ class SecureConfig:
         _need(1 <= self.bits <= 62, "bits", self.bits, "must be in 1..62")
         _need(self.degree >= 0, "degree", self.degree, ">= 0 (0 = automatic)")
         _need(self.threshold >= 0, "threshold", self.threshold, ">= 0 (0 = automatic)")
+        _need(self.adversary in ADVERSARIES, "adversary", self.adversary,
+              f"must be one of {', '.join(ADVERSARIES)} (malicious needs every node's "
+              "roster; simulation and in-process runs generate one)")
         _need(self.key_role in _ROLES, "key_role", self.key_role,
               f"must be one of {', '.join(_ROLES)}")
         _need(self.ckks_flooding_bits >= 40, "ckks_flooding_bits", self.ckks_flooding_bits,

@@ -9,6 +9,8 @@ Flower's own SecAgg+ workflow::
     share-keys     KeysBroadcast                    -> ShareKeys (encrypted Shamir shares)
     masked-input   train message + ShareBundle      -> client trains, then masks its
                                                        update: MaskedInput (+ metrics)
+    consistency    ConsistencyRequest (U3)          -> ConsistencySignature
+                   (``adversary = "malicious"`` only)
     unmask         UnmaskRequest                    -> UnmaskResponse
     (server)       SecAggServer.finish()            -> sum of the survivors' inputs
 
@@ -30,6 +32,11 @@ malformed message) is out from that stage on; the server reconstructs what it ne
 from the neighbours' shares, or raises :class:`~securefed.secagg.errors.DropoutError`
 (an ``AggregationError``) when too many are gone: never a wrong aggregate.
 
+Adversary modes: ``"malicious"`` (Bonawitz et al. 2017 Sec. 6; Bell et al. 2020, the
+malicious variant) has clients sign their keys and the survivor set with roster
+identities the server never supplies, and adds the consistency stage; the server only
+forwards. ``"semi-honest"`` is the four-stage protocol. See ``docs/threat-model.md``.
+
 This module is numpy-only; it never imports torch.
 """
 
@@ -47,6 +54,7 @@ from flwr.serverapp import Grid
 from securefed.exceptions import AggregationError, ConfigError, PayloadError
 from securefed.secagg import (
     ADVERTISE_KEYS,
+    CONSISTENCY,
     MASKED_INPUT,
     SHARE_KEYS,
     UNMASK,
@@ -60,15 +68,18 @@ from securefed.secagg.serial import config_to_dict, decode_message, encode_messa
 from strategies.records import serialized_nbytes
 from strategies.sum_only import PROTOCOL_RECORD, SumAggregator, SumOnlyAggregation, mean_metrics
 
-__all__ = ["STAGE_NAMES", "SecureAggregation"]
+__all__ = ["ADVERSARIES", "STAGE_NAMES", "SecureAggregation"]
 
 log = logging.getLogger(__name__)
 
 #: Wire names of the stages, in order (the ``stage`` field of the protocol record).
 STAGE_NAMES = {ADVERTISE_KEYS: "setup", SHARE_KEYS: "share-keys",
-               MASKED_INPUT: "masked-input", UNMASK: "unmask"}
+               MASKED_INPUT: "masked-input", CONSISTENCY: "consistency", UNMASK: "unmask"}
 _REPLY_KIND = {ADVERTISE_KEYS: "advertise-keys", SHARE_KEYS: "share-keys",
-               MASKED_INPUT: "masked-input", UNMASK: "unmask-response"}
+               MASKED_INPUT: "masked-input", CONSISTENCY: "consistency-signature",
+               UNMASK: "unmask-response"}
+#: ``adversary`` values: the wire value of the setup record (see ``secagg_mod``).
+ADVERSARIES = ("semi-honest", "malicious")
 
 
 class SecureAggregation(SumOnlyAggregation):
@@ -94,6 +105,9 @@ class SecureAggregation(SumOnlyAggregation):
     on_overflow : {"error", "clip"}
         A coordinate outside ``[-c, c]``: the client refuses (default), or clips and
         reports the count, which the server records per round.
+    adversary : {"malicious", "semi-honest"}
+        ``"malicious"`` (default): signed keys and the consistency round; every node
+        needs a roster. ``"semi-honest"``: the four-stage protocol.
     """
 
     wrapper_name = "SecureAggregation"
@@ -113,6 +127,7 @@ class SecureAggregation(SumOnlyAggregation):
         allow_inexact: bool = False,
         stage_timeout: float = 120.0,
         train_timeout: float = 3600.0,
+        adversary: Literal["malicious", "semi-honest"] = "malicious",
     ) -> None:
         super().__init__(inner, method=method, exact_under_sum=exact_under_sum,
                          allow_inexact=allow_inexact, stage_timeout=stage_timeout)
@@ -122,6 +137,9 @@ class SecureAggregation(SumOnlyAggregation):
         self._train: dict[int, RecordDict] = {}
         if max_weight < 1:
             raise ConfigError(f"max_weight must be >= 1, got {max_weight}")
+        if adversary not in ADVERSARIES:
+            raise ConfigError(f"adversary must be one of {ADVERSARIES}, got {adversary!r}")
+        self.adversary = adversary
         self.clipping_range = clipping_range
         self.bits = bits
         self.degree = degree
@@ -172,13 +190,15 @@ class SecureAggregation(SumOnlyAggregation):
         cfg = self.config_for(len(messages), length, round_id=server_round)
         self._config = cfg
         self._ids = {int(m.metadata.dst_node_id): i + 1 for i, m in enumerate(messages)}
-        self._server = SecAggServer(cfg, list(self._ids.values()))
+        self._server = SecAggServer(cfg, list(self._ids.values()),
+                                    malicious=self.adversary == "malicious")
         self._train = {int(m.metadata.dst_node_id): m.content for m in messages}
         out = []
         for msg in messages:
             node = int(msg.metadata.dst_node_id)
             record = ConfigRecord({"protocol": "secagg+", "stage": "setup",
-                                   "client-id": self._ids[node], **config_to_dict(cfg)})
+                                   "client-id": self._ids[node], "adversary": self.adversary,
+                                   **config_to_dict(cfg)})
             out.append(Message(content=RecordDict({PROTOCOL_RECORD: record}),
                                message_type=msg.metadata.message_type,
                                dst_node_id=node, group_id=msg.metadata.group_id))
@@ -265,6 +285,8 @@ class SecureAggregation(SumOnlyAggregation):
             self._stage(server_round, SHARE_KEYS, server.broadcast_keys(), bytes_up)
             trained = self._stage(server_round, MASKED_INPUT, server.route_shares(),
                                   bytes_up)
+            if server.malicious:
+                self._stage(server_round, CONSISTENCY, server.request_consistency(), bytes_up)
             self._stage(server_round, UNMASK, server.request_unmask(), bytes_up)
             result = server.finish()
         except SecAggError as exc:
@@ -290,6 +312,7 @@ class SecureAggregation(SumOnlyAggregation):
             stats.bytes_up = bytes_up
         self._note(
             secure="secagg+",
+            secagg_adversary=self.adversary,
             secagg_survivors={STAGE_NAMES[s]: len(ids) for s, ids in server.survivors.items()},
             secagg_degree=cfg.graph.degree,
             secagg_threshold=cfg.graph.threshold,

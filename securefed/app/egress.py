@@ -85,9 +85,11 @@ SECURE_RECORD = "secure"  # strategies.sum_only.PROTOCOL_RECORD
 #: ``ckks``: securefed.app.ckks_mod). A new field or stage is added here, or it never
 #: leaves a client.
 PROTOCOL_FIELDS: dict[str, frozenset[str]] = {
-    "secagg+/setup": frozenset({"kind", "sender", "c-public", "s-public"}),
+    "secagg+/setup": frozenset({"kind", "sender", "c-public", "s-public", "name",
+                                "signature"}),
     "secagg+/share-keys": frozenset({"kind", "sender", "to", "ciphertexts"}),
     "secagg+/masked-input": frozenset({"kind", "sender", "bits", "vector"}),
+    "secagg+/consistency": frozenset({"kind", "sender", "signature"}),
     "secagg+/unmask": frozenset({"kind", "sender", "b-ids", "b-shares", "s-ids",
                                  "s-shares"}),
     "ckks/enroll": frozenset({"name", "authority", "transport-public", "signature"}),

@@ -41,7 +41,8 @@ from securefed.roster import (
 if TYPE_CHECKING:
     from securefed.he.authority import AuthorityPolicy
 
-__all__ = ["NODE_CONFIG_DIR_ENV", "node_config_of", "node_name", "prepare_node_configs"]
+__all__ = ["NODE_CONFIG_DIR_ENV", "needs_roster", "node_config_of", "node_name",
+           "prepare_node_configs", "provision_roster"]
 
 NODE_CONFIG_DIR_ENV = "SECUREFED_NODE_CONFIG_DIR"
 
@@ -63,27 +64,51 @@ def ckks_policy(config: ExperimentConfig) -> AuthorityPolicy:
                            rotation_rounds=s.ckks_key_rotation_rounds)
 
 
+def needs_roster(config: ExperimentConfig) -> bool:
+    """Whether ``config``'s nodes need roster identities: CKKS, or malicious SecAgg+.
+
+    A semi-honest SecAgg+ node must have none: a node with a roster refuses semi-honest
+    rounds (no downgrade, ``docs/secure-aggregation.md``).
+    """
+    s = config.secure
+    return s.mode == "ckks" or (s.mode == "secagg" and s.adversary == "malicious")
+
+
+def provision_roster(folder: Path, num_nodes: int,
+                     extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Generate a roster of ``node-<i>`` members under ``folder``; write each node's config.
+
+    Returns one node config per partition (index = partition id) with ``partition-id``,
+    ``num-partitions``, the three roster keys and ``extra``; each is also written to
+    ``folder/node-<i>.json``, where :func:`node_config_of` finds it in simulation.
+    """
+    if num_nodes < 1:
+        raise ConfigError(f"num_nodes must be >= 1, got {num_nodes}")
+    folder = Path(folder)
+    _, paths = generate_roster([node_name(i) for i in range(num_nodes)], folder)
+    configs = []
+    for i in range(num_nodes):
+        entry = {"partition-id": i, "num-partitions": num_nodes,
+                 NODE_CONFIG_ROSTER: str(folder / "roster.json"),
+                 NODE_CONFIG_IDENTITY: str(paths[node_name(i)]),
+                 NODE_CONFIG_NAME: node_name(i), **(extra or {})}
+        (folder / f"node-{i}.json").write_text(json.dumps(entry, sort_keys=True) + "\n")
+        configs.append(entry)
+    return configs
+
+
 def prepare_node_configs(config: ExperimentConfig, run_dir: Path) -> list[dict[str, Any]]:
     """Write the roster and each node's config under ``run_dir/nodes``; return them.
 
     Returns one node config per partition (index = partition id), each with
-    ``partition-id`` and ``num-partitions``; the roster entries and CKKS policy are
-    added when ``[secure]`` is enabled.
+    ``partition-id`` and ``num-partitions``; the roster entries (and, under CKKS, the
+    authority policy) are added when :func:`needs_roster`.
     """
     n = config.data.num_clients
-    configs: list[dict[str, Any]] = [{"partition-id": i, "num-partitions": n}
-                                     for i in range(n)]
-    if not config.secure.enabled:
-        return configs
-    folder = Path(run_dir) / "nodes"
-    _, paths = generate_roster([node_name(i) for i in range(n)], folder)
+    if not needs_roster(config):
+        return [{"partition-id": i, "num-partitions": n} for i in range(n)]
     policy = ckks_policy(config).to_node_config() if config.secure.mode == "ckks" else {}
-    for i, entry in enumerate(configs):
-        entry.update({NODE_CONFIG_ROSTER: str(folder / "roster.json"),
-                      NODE_CONFIG_IDENTITY: str(paths[node_name(i)]),
-                      NODE_CONFIG_NAME: node_name(i), **policy})
-        (folder / f"node-{i}.json").write_text(json.dumps(entry, sort_keys=True) + "\n")
-    return configs
+    return provision_roster(Path(run_dir) / "nodes", n, policy)
 
 
 def node_config_of(context: Context) -> Mapping[str, Any]:

@@ -52,6 +52,7 @@ def _secagg(config: ExperimentConfig, inner: AdapterFedAvg, method: TuningMethod
     s = config.secure
     return SecureAggregation(inner, bits=s.bits, degree=s.degree or None,
                              threshold=s.threshold or None,
+                             adversary=s.adversary,  # type: ignore[arg-type]
                              train_timeout=config.federation.round_timeout_s,
                              **_shared(config, method))
 
@@ -122,4 +123,6 @@ def secure_facts(config: ExperimentConfig, method: TuningMethod) -> dict[str, An
         if s.mode == "ckks":
             facts.update(ckks_key_role=s.key_role, ckks_flooding_bits=s.ckks_flooding_bits,
                          ckks_key_rotation_rounds=s.ckks_key_rotation_rounds)
+        if s.mode == "secagg":
+            facts["secagg_adversary"] = s.adversary
     return facts

@@ -27,6 +27,10 @@ What is here
     union-bound :func:`recovery_failure_probability`.
 ``errors``
     :class:`SecAggError` and its subclasses.
+``auth`` / ``floors``
+    Malicious-server mode (Bonawitz et al. 2017 Sec. 6; Bell et al. 2020): signed keys
+    bound to run, round, id and roster name, the members map, the consistency round
+    and its threshold; a node's own floors for ``n``, ``k``, ``t``, bits and range.
 
 ``messages``
     Stage names (:data:`ADVERTISE_KEYS`, :data:`SHARE_KEYS`, :data:`MASKED_INPUT`,
@@ -44,6 +48,7 @@ What is here
 
 from __future__ import annotations
 
+from securefed.secagg.auth import Authenticator, consistency_threshold
 from securefed.secagg.client import SecAggClient
 from securefed.secagg.crypto import (
     KEY_LABELS,
@@ -57,7 +62,15 @@ from securefed.secagg.crypto import (
     generate_keypair,
     load_public_key,
 )
-from securefed.secagg.errors import DecryptionError, DropoutError, ProtocolError, SecAggError
+from securefed.secagg.errors import (
+    DecryptionError,
+    DropoutError,
+    FloorError,
+    ProtocolError,
+    SecAggError,
+    SumRangeError,
+)
+from securefed.secagg.floors import NODE_CONFIG_FLOORS, SecAggFloors
 from securefed.secagg.graph import (
     GraphConfig,
     NeighbourGraph,
@@ -78,12 +91,16 @@ from securefed.secagg.masks import (
 )
 from securefed.secagg.messages import (
     ADVERTISE_KEYS,
+    CONSISTENCY,
     DONE,
     MASKED_INPUT,
+    SEMI_HONEST_STAGES,
     SHARE_KEYS,
     STAGES,
     UNMASK,
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     KeysBroadcast,
     MaskedInput,
     SecAggConfig,
@@ -113,24 +130,31 @@ from securefed.secagg.shamir import PRIME, SECRET_BYTES, combine, split
 
 __all__ = [
     "ADVERTISE_KEYS",
+    "CONSISTENCY",
     "DONE",
     "DROPOUT_STAGES",
     "KEY_LABELS",
     "MASKED_INPUT",
     "MASK_NONCE",
+    "NODE_CONFIG_FLOORS",
     "PAIRWISE_MASK_LABEL",
     "PRIME",
     "SECRET_BYTES",
     "SEED_BYTES",
+    "SEMI_HONEST_STAGES",
     "SHARE_ENCRYPTION_LABEL",
     "SHARE_KEYS",
     "STAGES",
     "UNMASK",
     "AdvertiseKeys",
     "AggregateResult",
+    "Authenticator",
     "ClipReport",
+    "ConsistencyRequest",
+    "ConsistencySignature",
     "DecryptionError",
     "DropoutError",
+    "FloorError",
     "GraphConfig",
     "KeyPair",
     "KeysBroadcast",
@@ -142,15 +166,18 @@ __all__ = [
     "SecAggClient",
     "SecAggConfig",
     "SecAggError",
+    "SecAggFloors",
     "SecAggServer",
     "ShareBundle",
     "ShareKeys",
+    "SumRangeError",
     "UnmaskRequest",
     "UnmaskResponse",
     "add_mod",
     "associated_data",
     "build_graph",
     "combine",
+    "consistency_threshold",
     "decrypt_bundle",
     "default_degree",
     "default_threshold",

@@ -5,9 +5,18 @@ Bonawitz et al. 2017) once, for one round::
 
     advertise_keys()            ADVERTISE_KEYS -> SHARE_KEYS
     share_keys(KeysBroadcast)   SHARE_KEYS     -> MASKED_INPUT
-    masked_input(ShareBundle,   MASKED_INPUT   -> UNMASK
-                 x, weight)
+    masked_input(ShareBundle,   MASKED_INPUT   -> UNMASK (semi-honest)
+                 x, weight)                    -> CONSISTENCY (malicious)
+    consistency(ConsistencyRequest)  CONSISTENCY -> UNMASK   (malicious only)
     unmask(UnmaskRequest)       UNMASK         -> DONE
+
+Malicious mode (an :class:`~securefed.secagg.auth.Authenticator` is given; Bonawitz et
+al. 2017 Sec. 6, Bell et al. 2020 malicious variant) signs the advertised keys, checks
+the neighbours' signatures and the members map, binds that map into the share
+encryption, and unmasks only after the consistency round (:mod:`securefed.secagg.auth`).
+In both modes the client refuses (:class:`FloorError`) to mask with fewer than ``t``
+share bundles, to unmask with fewer than ``t`` survivors (itself included), and a
+config below its floors (:class:`~securefed.secagg.floors.SecAggFloors`).
 
 Calling a method in any other stage raises :class:`ProtocolError` naming the current
 and the expected stage. A method that raises leaves the stage unchanged.
@@ -33,6 +42,7 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from securefed.exceptions import ConfigError, PayloadError
+from securefed.secagg.auth import Authenticator, check_survivor_set, members_digest
 from securefed.secagg.crypto import (
     PAIRWISE_MASK_LABEL,
     PUBLIC_KEY_BYTES,
@@ -43,16 +53,21 @@ from securefed.secagg.crypto import (
     encrypt_bundle,
     generate_keypair,
 )
-from securefed.secagg.errors import ProtocolError
+from securefed.secagg.errors import FloorError, ProtocolError
+from securefed.secagg.floors import SecAggFloors
 from securefed.secagg.masks import SEED_BYTES, add_mod, expand_mask, pairwise_mask, pairwise_sign
 from securefed.secagg.messages import (
     ADVERTISE_KEYS,
+    CONSISTENCY,
     DONE,
     MASKED_INPUT,
     SHARE_BYTES,
     SHARE_KEYS,
+    STAGES,
     UNMASK,
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     KeysBroadcast,
     MaskedInput,
     SecAggConfig,
@@ -81,6 +96,15 @@ def _check_receiver(message: object, kind: type, client_id: int) -> None:
         raise ProtocolError(f"expected the {kind.__name__} for client {client_id}")
 
 
+def _check_unsigned(message: object, *names: str) -> None:
+    """Semi-honest mode: the malicious-mode fields must be empty dicts."""
+    for name in names:
+        value = getattr(message, name, None)
+        if not isinstance(value, dict) or value:
+            raise ProtocolError(f"{type(message).__name__}.{name} must be empty in "
+                                "semi-honest mode")
+
+
 def _check_stage(current: str, expected: str, action: str) -> None:
     if current != expected:
         raise ProtocolError(
@@ -100,10 +124,22 @@ class SecAggClient:
     rng_for_quantization : numpy.random.Generator
         Randomness of the stochastic rounding only; keys, seeds and Shamir coefficients
         always come from the operating system's CSPRNG.
+    auth : Authenticator or None
+        This node's identity, roster and run: malicious mode. ``None``: semi-honest.
+    floors : SecAggFloors or None
+        This node's floors, checked against ``config`` at once (``None``: none).
+
+    Raises
+    ------
+    ConfigError
+        For an invalid argument.
+    FloorError
+        If ``config`` is below ``floors``.
     """
 
     def __init__(
-        self, client_id: int, config: SecAggConfig, rng_for_quantization: np.random.Generator
+        self, client_id: int, config: SecAggConfig, rng_for_quantization: np.random.Generator,
+        *, auth: Authenticator | None = None, floors: SecAggFloors | None = None,
     ) -> None:
         if isinstance(client_id, bool) or not isinstance(client_id, int) or client_id < 1:
             raise ConfigError(f"client_id must be an int >= 1, got {client_id!r}")
@@ -114,9 +150,16 @@ class SecAggClient:
                 "rng_for_quantization must be a numpy.random.Generator, got "
                 f"{type(rng_for_quantization).__name__}"
             )
+        if auth is not None and not isinstance(auth, Authenticator):
+            raise ConfigError(f"auth must be an Authenticator or None, got {auth!r}")
+        if floors is not None:
+            floors.check(config)
         self.client_id = client_id
         self.config = config
+        self.auth = auth
         self._rng = rng_for_quantization
+        self._members: dict[int, str] = {}
+        self._u3: frozenset[int] = frozenset()
         self._stage = ADVERTISE_KEYS
         self._c: KeyPair | None = None
         self._s: KeyPair | None = None
@@ -129,6 +172,18 @@ class SecAggClient:
     def stage(self) -> str:
         """The current stage (one of :data:`~securefed.secagg.messages.STAGES`)."""
         return self._stage
+
+    @property
+    def malicious(self) -> bool:
+        """Whether this client runs the malicious-server protocol (signed, consistency)."""
+        return self.auth is not None
+
+    def _share_context(self) -> bytes:
+        """HKDF context of the share encryption: the round, and in malicious mode the
+        digest of the members map (neighbours accept each other's shares only if both
+        were shown the same map)."""
+        extra = members_digest(self._members) if self.malicious else b""
+        return self.config.context + extra
 
     # -------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, object]:
@@ -153,6 +208,9 @@ class SecAggClient:
             "held-ids": held,
             "held-b": [self._held[i][0].to_bytes(SHARE_BYTES, "big") for i in held],
             "held-s": [self._held[i][1].to_bytes(SHARE_BYTES, "big") for i in held],
+            "member-ids": sorted(self._members),
+            "member-names": [self._members[i] for i in sorted(self._members)],
+            "u3": sorted(self._u3),
         }
 
     @classmethod
@@ -161,8 +219,10 @@ class SecAggClient:
         state: dict[str, object],
         config: SecAggConfig,
         rng_for_quantization: np.random.Generator,
+        *,
+        auth: Authenticator | None = None,
     ) -> SecAggClient:
-        """Resume a client from :meth:`state_dict` output.
+        """Resume a client from :meth:`state_dict` output (``auth`` as when it was made).
 
         Raises
         ------
@@ -170,9 +230,10 @@ class SecAggClient:
             If the state is malformed (a field missing, mistyped or inconsistent).
         """
         try:
-            client = cls(int(state["client-id"]), config, rng_for_quantization)  # type: ignore[call-overload]
+            client = cls(int(state["client-id"]), config, rng_for_quantization,  # type: ignore[call-overload]
+                         auth=auth)
             stage = state["stage"]
-            if stage not in (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, UNMASK, DONE):
+            if stage not in STAGES or (stage == CONSISTENCY and auth is None):
                 raise ProtocolError(f"unknown stage {stage!r} in client state")
             client._stage = str(stage)
             for attr, key in (("_c", "c-private"), ("_s", "s-private")):
@@ -200,6 +261,10 @@ class SecAggClient:
                 int(i): (int.from_bytes(b, "big"), int.from_bytes(s, "big"))
                 for i, b, s in zip(held, b_sh, s_sh, strict=True)
             }
+            m_ids = list(state.get("member-ids", []))  # type: ignore[call-overload]
+            m_names = list(state.get("member-names", []))  # type: ignore[call-overload]
+            client._members = {int(i): str(n) for i, n in zip(m_ids, m_names, strict=True)}
+            client._u3 = frozenset(int(i) for i in state.get("u3", []))  # type: ignore[attr-defined]
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed SecAgg+ client state: {exc!r}") from None
         if client._stage != ADVERTISE_KEYS and (client._c is None or client._s is None):
@@ -209,9 +274,15 @@ class SecAggClient:
     def advertise_keys(self) -> AdvertiseKeys:
         """Generate the key pairs ``c_u`` and ``s_u`` and advertise their public halves."""
         _check_stage(self._stage, ADVERTISE_KEYS, "advertise_keys")
-        self._c, self._s = generate_keypair(), generate_keypair()
+        c, s = generate_keypair(), generate_keypair()
+        name, signature = "", b""
+        if self.auth is not None:
+            name = self.auth.name
+            signature = self.auth.sign_keys(self.config, self.client_id, c.public_bytes,
+                                            s.public_bytes)
+        self._c, self._s = c, s
         self._stage = SHARE_KEYS
-        return AdvertiseKeys(self.client_id, self._c.public_bytes, self._s.public_bytes)
+        return AdvertiseKeys(self.client_id, c.public_bytes, s.public_bytes, name, signature)
 
     def share_keys(self, broadcast: KeysBroadcast) -> ShareKeys:
         """Shamir-share ``b_u`` and ``s_u`` among the neighbours; encrypt one bundle each.
@@ -220,7 +291,13 @@ class SecAggClient:
         ------
         ProtocolError
             If the broadcast is for another client, lists this client, holds malformed
-            keys, repeats a key, or names fewer than ``t`` neighbours.
+            keys, repeats a key, or names fewer than ``t`` or more than ``k``
+            neighbours; in malicious mode, if the members map is malformed, longer than
+            ``n`` or names a member twice.
+        SignatureError
+            (malicious mode) If a neighbour's signature is missing or does not verify
+            under the roster key of the name the members map gives it, for this run,
+            round, id and config (substituted keys, Sybils, non-members, replays).
         """
         _check_stage(self._stage, SHARE_KEYS, "share_keys")
         assert self._c is not None and self._s is not None
@@ -232,7 +309,10 @@ class SecAggClient:
         if self.client_id in neighbours:
             raise ProtocolError("a client is not its own neighbour")
         if len(neighbours) < t:
-            raise ProtocolError(f"{len(neighbours)} neighbours cannot hold a {t}-of-k sharing")
+            raise FloorError(f"{len(neighbours)} neighbours cannot hold a {t}-of-k sharing")
+        if len(neighbours) > self.config.graph.degree:
+            raise ProtocolError(f"{len(neighbours)} neighbours; the round's degree is "
+                                f"k = {self.config.graph.degree}")
         seen = {self._c.public_bytes, self._s.public_bytes}
         for peer, keys in neighbours.items():
             if not _is_id(peer) or not isinstance(keys, tuple) or len(keys) != 2:
@@ -241,6 +321,10 @@ class SecAggClient:
                 if not isinstance(key, bytes) or len(key) != PUBLIC_KEY_BYTES or key in seen:
                     raise ProtocolError(f"malformed or repeated public key of client {peer}")
                 seen.add(key)
+        if self.auth is None:
+            _check_unsigned(broadcast, "signatures", "members")
+        members = self._check_signed(broadcast, neighbours) if self.auth is not None else {}
+        self._members = members
         self._b_seed = secrets.token_bytes(SEED_BYTES)
         ids = sorted(neighbours)
         b_shares = split(self._b_seed, t, ids)
@@ -251,7 +335,7 @@ class SecAggClient:
                 self._c.private_key,
                 neighbours[peer][0],
                 SHARE_ENCRYPTION_LABEL,
-                context=self.config.context,
+                context=self._share_context(),
             )
             plain = b_shares[peer].to_bytes(SHARE_BYTES, "big") + s_shares[peer].to_bytes(
                 SHARE_BYTES, "big"
@@ -268,6 +352,23 @@ class SecAggClient:
         self._stage = MASKED_INPUT
         return ShareKeys(self.client_id, ciphertexts)
 
+    def _check_signed(self, broadcast: KeysBroadcast,
+                      neighbours: dict[int, tuple[bytes, bytes]]) -> dict[int, str]:
+        """Malicious mode: the members map and every neighbour's signature."""
+        assert self.auth is not None
+        members = self.auth.check_members(self.config, self.client_id, broadcast.members)
+        signatures = broadcast.signatures
+        if not isinstance(signatures, dict):
+            raise ProtocolError("the KeysBroadcast signatures must be a dict")
+        for peer in sorted(neighbours):
+            name = members.get(peer)
+            if name is None:
+                raise ProtocolError(f"neighbour {peer} is not in the members map")
+            c_public, s_public = neighbours[peer]
+            self.auth.verify_keys(self.config, peer, name, signatures.get(peer), c_public,
+                                  s_public)
+        return members
+
     def _decrypt_bundles(self, bundle: ShareBundle) -> dict[int, tuple[int, int]]:
         assert self._c is not None
         _check_receiver(bundle, ShareBundle, self.client_id)
@@ -281,7 +382,7 @@ class SecAggClient:
                 self._c.private_key,
                 self._neighbour_keys[peer][0],
                 SHARE_ENCRYPTION_LABEL,
-                context=self.config.context,
+                context=self._share_context(),
             )
             plain = decrypt_bundle(
                 key,
@@ -321,6 +422,9 @@ class SecAggClient:
         ------
         ProtocolError, DecryptionError
             If a bundle is not from a neighbour or fails authentication.
+        FloorError
+            If fewer than ``t`` bundles arrived: the input would be masked by too few
+            neighbours' masks (the server could then ask for the self-mask alone).
         PayloadError
             If ``x`` has the wrong length or non-finite values, or ``weight`` is wrong.
         PrivacyError
@@ -339,6 +443,11 @@ class SecAggClient:
         elif weight is not None:
             raise PayloadError("weight given but the config has no weight field (max_weight=0)")
         held = self._decrypt_bundles(bundle)
+        t = cfg.graph.threshold
+        if len(held) < t:
+            raise FloorError(f"only {len(held)} share bundles reached client "
+                             f"{self.client_id}; masking needs at least t = {t} neighbours "
+                             "holding its shares")
         q, report = quantize(arr, cfg.quantization, self._rng)
         if cfg.has_weight:
             q = np.append(q, np.uint64(int(weight))).astype(np.uint64)  # type: ignore[arg-type]
@@ -355,8 +464,29 @@ class SecAggClient:
             y = add_mod(y, pairwise_mask(s_uv, cfg.masked_length, cfg.bits, sign), cfg.bits)
         self._held = held
         self.clip_report = report
-        self._stage = UNMASK
+        self._stage = CONSISTENCY if self.malicious else UNMASK
         return MaskedInput(self.client_id, y, cfg.bits)
+
+    def consistency(self, request: ConsistencyRequest) -> ConsistencySignature:
+        """Sign the survivor set ``U3`` the server announced (malicious mode).
+
+        Raises
+        ------
+        ProtocolError
+            If the request is for another client, or the set is not a set of members
+            that includes this client.
+        FloorError
+            If the set is smaller than the consistency threshold ``T``.
+        """
+        _check_stage(self._stage, CONSISTENCY, "consistency")
+        assert self.auth is not None
+        _check_receiver(request, ConsistencyRequest, self.client_id)
+        u3 = check_survivor_set(self.config, self._members, self.client_id, request.survivors)
+        signature = self.auth.sign_survivors(self.config, self.client_id,
+                                             members_digest(self._members), u3)
+        self._u3 = u3
+        self._stage = UNMASK
+        return ConsistencySignature(self.client_id, signature)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         """Reveal self-mask shares of surviving and key shares of dropped neighbours.
@@ -366,7 +496,13 @@ class SecAggClient:
         ProtocolError
             If the request is for another client, a peer is both surviving and dropped
             (the consistency rule), or a peer is not a neighbour whose shares this
-            client holds.
+            client holds; in malicious mode, if the request differs from what the
+            signed ``U3`` implies.
+        FloorError
+            If fewer than ``t`` clients of its neighbourhood (itself included) survived.
+        SignatureError
+            (malicious mode) If fewer than ``T`` members validly signed this client's
+            ``U3``.
         """
         _check_stage(self._stage, UNMASK, "unmask")
         _check_receiver(request, UnmaskRequest, self.client_id)
@@ -387,6 +523,22 @@ class SecAggClient:
                 f"asked for shares of {sorted(unknown, key=repr)}, which are not neighbours "
                 "whose shares this client holds"
             )
+        t = self.config.graph.threshold
+        if len(survivors) + 1 < t:
+            raise FloorError(f"only {len(survivors)} surviving neighbours (and this client); "
+                             f"unmasking needs at least t = {t}")
+        if self.auth is None:
+            _check_unsigned(request, "signatures")
+        else:
+            self.auth.check_consistency(self.config, self._members,
+                                        members_digest(self._members), self._u3,
+                                        request.signatures)
+            held = set(self._held)
+            if survivors != held & self._u3 or dropped != held - self._u3:
+                raise ProtocolError(
+                    "the unmask request is not what the signed survivor set implies: "
+                    f"survivors {sorted(survivors)} (expected {sorted(held & self._u3)}), "
+                    f"dropped {sorted(dropped)} (expected {sorted(held - self._u3)})")
         response = UnmaskResponse(
             self.client_id,
             b_shares={p: self._held[p][0] for p in sorted(survivors)},

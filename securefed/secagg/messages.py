@@ -1,17 +1,25 @@
 """Stage names, protocol config and the messages of SecAgg+.
 
 The protocol of Bell et al. 2020 (arXiv:2009.05807, SecAgg+), built on Bonawitz et al.
-2017 (CCS, "Practical Secure Aggregation"), runs in four stages; the client and server
-state machines (:mod:`securefed.secagg.client`, :mod:`securefed.secagg.server`) move
-through them in this order and end in :data:`DONE`::
+2017 (CCS, "Practical Secure Aggregation"), runs in four stages, five against an active
+server; the client and server state machines (:mod:`securefed.secagg.client`,
+:mod:`securefed.secagg.server`) move through them in this order and end in :data:`DONE`::
 
-    ADVERTISE_KEYS  client -> server  AdvertiseKeys   (two X25519 public keys)
-                    server -> client  KeysBroadcast   (the neighbours' public keys)
+    ADVERTISE_KEYS  client -> server  AdvertiseKeys   (two X25519 public keys; malicious:
+                                                       name and Ed25519 signature)
+                    server -> client  KeysBroadcast   (the neighbours' public keys; malicious:
+                                                       their signatures, the members map U1)
     SHARE_KEYS      client -> server  ShareKeys       (AES-GCM share bundles, one per neighbour)
                     server -> client  ShareBundle     (the bundles addressed to the client)
     MASKED_INPUT    client -> server  MaskedInput     (the masked vector in Z_{2^b})
-                    server -> client  UnmaskRequest   (surviving and dropped neighbours)
+                    server -> client  ConsistencyRequest  (malicious only: the set U3)
+    CONSISTENCY     client -> server  ConsistencySignature (malicious only: signed U3)
+                    server -> client  UnmaskRequest   (surviving and dropped neighbours;
+                                                       malicious: the signatures on U3)
     UNMASK          client -> server  UnmaskResponse  (self-mask or pairwise-key shares)
+
+The semi-honest protocol skips :data:`CONSISTENCY`; :mod:`securefed.secagg.auth` holds
+the malicious-mode checks (Bonawitz et al. 2017, Sec. 6).
 
 Wire sizes
 ----------
@@ -38,14 +46,19 @@ from securefed.secagg.quantize import QuantizationConfig
 __all__ = [
     "ADVERTISE_KEYS",
     "BUNDLE_BYTES",
+    "CONSISTENCY",
     "DONE",
     "ID_BYTES",
     "MASKED_INPUT",
+    "SEMI_HONEST_STAGES",
     "SHARE_BYTES",
     "SHARE_KEYS",
+    "SIGNATURE_BYTES",
     "STAGES",
     "UNMASK",
     "AdvertiseKeys",
+    "ConsistencyRequest",
+    "ConsistencySignature",
     "KeysBroadcast",
     "MaskedInput",
     "SecAggConfig",
@@ -59,10 +72,16 @@ __all__ = [
 ADVERTISE_KEYS = "advertise_keys"
 SHARE_KEYS = "share_keys"
 MASKED_INPUT = "masked_input"
+CONSISTENCY = "consistency"
 UNMASK = "unmask"
 DONE = "done"
-STAGES = (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, UNMASK, DONE)
-"""The stages in protocol order; :data:`DONE` is terminal."""
+STAGES = (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, CONSISTENCY, UNMASK, DONE)
+"""The stages in protocol order; :data:`DONE` is terminal, :data:`CONSISTENCY` only in
+malicious mode."""
+SEMI_HONEST_STAGES = (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, UNMASK, DONE)
+"""The stages of the semi-honest protocol (no consistency round)."""
+SIGNATURE_BYTES = 64
+"""Bytes of an Ed25519 signature."""
 
 ID_BYTES = 8
 SHARE_BYTES = 66
@@ -202,24 +221,37 @@ def make_config(
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Client -> server: the public keys ``c_u`` (share encryption) and ``s_u`` (masks)."""
+    """Client -> server: the public keys ``c_u`` (share encryption) and ``s_u`` (masks).
+
+    In malicious mode also the sender's roster ``name`` and its Ed25519 ``signature``
+    over run, round, id, name, config and both keys (empty in semi-honest mode).
+    """
 
     sender: int
     c_public: bytes
     s_public: bytes
+    name: str = ""
+    signature: bytes = b""
 
     @property
     def wire_size(self) -> int:
-        """``8 + 32 + 32`` bytes."""
-        return ID_BYTES + 2 * PUBLIC_KEY_BYTES
+        """``8 + 32 + 32`` bytes, plus the name and a 64-byte signature when signed."""
+        signed = len(self.name.encode()) + _len(self.signature) if self.signature else 0
+        return ID_BYTES + 2 * PUBLIC_KEY_BYTES + signed
 
 
 @dataclass(frozen=True)
 class KeysBroadcast:
-    """Server -> client: ``{neighbour id: (c_public, s_public)}`` of advertised neighbours."""
+    """Server -> client: ``{neighbour id: (c_public, s_public)}`` of advertised neighbours.
+
+    Malicious mode adds each neighbour's ``signatures`` and the ``members`` map ``U1``
+    ``{client id: roster name}`` of every client whose keys were advertised.
+    """
 
     receiver: int
     neighbours: dict[int, tuple[bytes, bytes]]
+    signatures: dict[int, bytes] = field(default_factory=dict)
+    members: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -258,12 +290,38 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
+class ConsistencyRequest:
+    """Server -> client (malicious mode): the set ``U3`` whose masked inputs arrived."""
+
+    receiver: int
+    survivors: frozenset[int]
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    """Client -> server (malicious mode): its Ed25519 signature on the ``U3`` it was told."""
+
+    sender: int
+    signature: bytes
+
+    @property
+    def wire_size(self) -> int:
+        """``8 + 64`` bytes."""
+        return ID_BYTES + _len(self.signature)
+
+
+@dataclass(frozen=True)
 class UnmaskRequest:
-    """Server -> client: which neighbours survived (masked input received) or dropped."""
+    """Server -> client: which neighbours survived (masked input received) or dropped.
+
+    Malicious mode adds the consistency ``signatures`` ``{signer id: signature}`` on
+    ``U3``; the client checks them and that the request is what ``U3`` implies.
+    """
 
     receiver: int
     survivors: frozenset[int]
     dropped: frozenset[int]
+    signatures: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

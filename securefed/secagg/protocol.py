@@ -22,9 +22,12 @@ import numpy as np
 import numpy.typing as npt
 
 from securefed.exceptions import ConfigError, PayloadError
+from securefed.secagg.auth import Authenticator
 from securefed.secagg.client import SecAggClient
+from securefed.secagg.floors import SecAggFloors
 from securefed.secagg.messages import (
     ADVERTISE_KEYS,
+    CONSISTENCY,
     MASKED_INPUT,
     SHARE_KEYS,
     UNMASK,
@@ -35,9 +38,9 @@ from securefed.secagg.server import SecAggServer
 
 __all__ = ["DROPOUT_STAGES", "ProtocolResult", "flatten_payload", "run_protocol", "unflatten"]
 
-DROPOUT_STAGES = (SHARE_KEYS, MASKED_INPUT, UNMASK)
+DROPOUT_STAGES = (SHARE_KEYS, MASKED_INPUT, CONSISTENCY, UNMASK)
 """Stages at which a client may vanish in :func:`run_protocol` (it sends nothing from
-that stage on)."""
+that stage on); :data:`CONSISTENCY` only in malicious mode."""
 
 Layout = list[tuple[str, tuple[int, ...]]]
 
@@ -142,6 +145,8 @@ def run_protocol(
     rng: np.random.Generator | None = None,
     weights: Mapping[int, int] | None = None,
     graph_seed: bytes | None = None,
+    auths: Mapping[int, Authenticator] | None = None,
+    floors: SecAggFloors | None = None,
 ) -> ProtocolResult:
     """Run one SecAgg+ round in-process and return the unmasked sum.
 
@@ -163,6 +168,11 @@ def run_protocol(
         Integer weights, required iff the config has a weight field.
     graph_seed : bytes, optional
         Public 32-byte seed of the neighbour graph; ``None`` draws one.
+    auths : mapping of int to Authenticator, optional
+        One per client: malicious mode (signed keys, consistency round). ``None``:
+        semi-honest.
+    floors : SecAggFloors, optional
+        Every client's floors (``None``: none checked).
 
     Returns
     -------
@@ -185,14 +195,23 @@ def run_protocol(
     if config.has_weight and (weights is None or set(weights) != set(ids)):
         raise PayloadError("the config has a weight field: give one weight per client")
     drop = _check_dropouts(dropouts, set(ids))
+    malicious = auths is not None
+    if auths is not None and set(auths) != set(ids):
+        raise ConfigError("auths must hold one Authenticator per client")
+    if not malicious and drop[CONSISTENCY]:
+        raise ConfigError("the consistency stage exists only in malicious mode (auths)")
     rng = np.random.default_rng() if rng is None else rng
     children = rng.spawn(len(ids))
-    server = SecAggServer(config, ids, graph_seed)
+    server = SecAggServer(config, ids, graph_seed, malicious=malicious)
     clients = {
-        cid: SecAggClient(cid, config, child) for cid, child in zip(ids, children, strict=True)
+        cid: SecAggClient(cid, config, child, auth=None if auths is None else auths[cid],
+                          floors=floors)
+        for cid, child in zip(ids, children, strict=True)
     }
     view: list[object] = []
-    sizes: dict[str, dict[int, int]] = {s: {} for s in (ADVERTISE_KEYS, *DROPOUT_STAGES)}
+    stages = DROPOUT_STAGES if malicious else tuple(s for s in DROPOUT_STAGES
+                                                    if s != CONSISTENCY)
+    sizes: dict[str, dict[int, int]] = {s: {} for s in (ADVERTISE_KEYS, *stages)}
 
     def send(stage: str, cid: int, msg: object) -> None:
         server.receive(msg)
@@ -210,6 +229,11 @@ def run_protocol(
         if cid not in gone:
             weight = None if weights is None else weights[cid]
             send(MASKED_INPUT, cid, clients[cid].masked_input(bundle, flat[cid], weight))
+    if malicious:
+        gone |= drop[CONSISTENCY]
+        for cid, announce in server.request_consistency().items():
+            if cid not in gone:
+                send(CONSISTENCY, cid, clients[cid].consistency(announce))
     gone |= drop[UNMASK]
     for cid, request in server.request_unmask().items():
         if cid not in gone:

@@ -30,6 +30,8 @@ from securefed.secagg.errors import ProtocolError
 from securefed.secagg.messages import (
     SHARE_BYTES,
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     KeysBroadcast,
     MaskedInput,
     SecAggConfig,
@@ -50,7 +52,7 @@ __all__ = [
     "unpack_vector",
 ]
 
-Value = int | float | str | bytes | bool | list[int] | list[bytes]
+Value = int | float | str | bytes | bool | list[int] | list[bytes] | list[str]
 Plain = dict[str, Value]
 
 MAX_ID = 2**63 - 1
@@ -95,6 +97,18 @@ def _blobs(data: Mapping[str, Any], key: str, count: int, size: int | None = Non
             want = f"{size} bytes" if size is not None else "bytes"
             raise ProtocolError(f"field {key!r} holds an entry that is not {want}")
     return list(values)
+
+
+def _names(data: Mapping[str, Any], key: str, count: int) -> list[str]:
+    values = _field(data, key, list)
+    if len(values) != count or not all(isinstance(v, str) for v in values):
+        raise ProtocolError(f"field {key!r} must hold {count} strings")
+    return list(values)
+
+
+def _signatures(data: Mapping[str, Any], ids_key: str, key: str) -> dict[int, bytes]:
+    ids = _ids(data, ids_key)
+    return dict(zip(ids, _blobs(data, key, len(ids)), strict=True))
 
 
 def _shares(data: Mapping[str, Any], ids_key: str, key: str) -> dict[int, int]:
@@ -165,26 +179,34 @@ def config_from_dict(data: Mapping[str, Any]) -> SecAggConfig:
 
 
 def _encode_advertise(m: AdvertiseKeys) -> Plain:
-    return {"sender": m.sender, "c-public": m.c_public, "s-public": m.s_public}
+    return {"sender": m.sender, "c-public": m.c_public, "s-public": m.s_public,
+            "name": m.name, "signature": m.signature}
 
 
 def _decode_advertise(d: Mapping[str, Any]) -> AdvertiseKeys:
     return AdvertiseKeys(_id(d, "sender"), _field(d, "c-public", bytes),
-                         _field(d, "s-public", bytes))
+                         _field(d, "s-public", bytes), _field(d, "name", str),
+                         _field(d, "signature", bytes))
 
 
 def _encode_broadcast(m: KeysBroadcast) -> Plain:
-    ids = sorted(m.neighbours)
+    ids, signed, members = sorted(m.neighbours), sorted(m.signatures), sorted(m.members)
     return {"receiver": m.receiver, "ids": ids,
             "c-public": [m.neighbours[i][0] for i in ids],
-            "s-public": [m.neighbours[i][1] for i in ids]}
+            "s-public": [m.neighbours[i][1] for i in ids],
+            "signed-ids": signed, "signatures": [m.signatures[i] for i in signed],
+            "member-ids": members, "member-names": [m.members[i] for i in members]}
 
 
 def _decode_broadcast(d: Mapping[str, Any]) -> KeysBroadcast:
     ids = _ids(d, "ids")
     c_keys, s_keys = _blobs(d, "c-public", len(ids)), _blobs(d, "s-public", len(ids))
     neighbours = {i: (c, s) for i, c, s in zip(ids, c_keys, s_keys, strict=True)}
-    return KeysBroadcast(_id(d, "receiver"), neighbours)
+    members = _ids(d, "member-ids")
+    names = _names(d, "member-names", len(members))
+    return KeysBroadcast(_id(d, "receiver"), neighbours,
+                         _signatures(d, "signed-ids", "signatures"),
+                         dict(zip(members, names, strict=True)))
 
 
 def _encode_share_keys(m: ShareKeys) -> Plain:
@@ -220,14 +242,33 @@ def _decode_masked(d: Mapping[str, Any]) -> MaskedInput:
     return MaskedInput(_id(d, "sender"), unpack_vector(_field(d, "vector", bytes), bits), bits)
 
 
+def _encode_consistency_request(m: ConsistencyRequest) -> Plain:
+    return {"receiver": m.receiver, "survivors": sorted(m.survivors)}
+
+
+def _decode_consistency_request(d: Mapping[str, Any]) -> ConsistencyRequest:
+    return ConsistencyRequest(_id(d, "receiver"), frozenset(_ids(d, "survivors")))
+
+
+def _encode_consistency_signature(m: ConsistencySignature) -> Plain:
+    return {"sender": m.sender, "signature": m.signature}
+
+
+def _decode_consistency_signature(d: Mapping[str, Any]) -> ConsistencySignature:
+    return ConsistencySignature(_id(d, "sender"), _field(d, "signature", bytes))
+
+
 def _encode_request(m: UnmaskRequest) -> Plain:
+    signed = sorted(m.signatures)
     return {"receiver": m.receiver, "survivors": sorted(m.survivors),
-            "dropped": sorted(m.dropped)}
+            "dropped": sorted(m.dropped), "signed-ids": signed,
+            "signatures": [m.signatures[i] for i in signed]}
 
 
 def _decode_request(d: Mapping[str, Any]) -> UnmaskRequest:
     return UnmaskRequest(_id(d, "receiver"), frozenset(_ids(d, "survivors")),
-                         frozenset(_ids(d, "dropped")))
+                         frozenset(_ids(d, "dropped")),
+                         _signatures(d, "signed-ids", "signatures"))
 
 
 def _encode_response(m: UnmaskResponse) -> Plain:
@@ -252,6 +293,10 @@ MESSAGE_CODECS: dict[str, tuple[type, Any, Any]] = {
     "share-keys": (ShareKeys, _encode_share_keys, _decode_share_keys),
     "share-bundle": (ShareBundle, _encode_bundle, _decode_bundle),
     "masked-input": (MaskedInput, _encode_masked, _decode_masked),
+    "consistency-request": (ConsistencyRequest, _encode_consistency_request,
+                            _decode_consistency_request),
+    "consistency-signature": (ConsistencySignature, _encode_consistency_signature,
+                              _decode_consistency_signature),
     "unmask-request": (UnmaskRequest, _encode_request, _decode_request),
     "unmask-response": (UnmaskResponse, _encode_response, _decode_response),
 }

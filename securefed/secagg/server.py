@@ -6,8 +6,16 @@ each stage's messages, then closes the stage and produces the next stage's messa
     ADVERTISE_KEYS  receive(AdvertiseKeys)*   broadcast_keys()  -> {id: KeysBroadcast}
     SHARE_KEYS      receive(ShareKeys)*       route_shares()    -> {id: ShareBundle}
     MASKED_INPUT    receive(MaskedInput)*     request_unmask()  -> {id: UnmaskRequest}
+                                  (malicious) request_consistency() -> {id: ConsistencyRequest}
+    CONSISTENCY     receive(ConsistencySignature)*  request_unmask() -> {id: UnmaskRequest}
     UNMASK          receive(UnmaskResponse)*  finish()          -> AggregateResult
     DONE
+
+In malicious mode (``malicious=True``) the server also forwards each client's roster name
+and signature, the members map ``U1`` (id -> name) and, before unmasking, the survivor
+set ``U3`` and every signature on it (Bonawitz et al. 2017, Sec. 6); it needs
+:func:`~securefed.secagg.auth.consistency_threshold` signatures to go on. The server
+holds no roster and verifies no signature: the clients do (:mod:`securefed.secagg.auth`).
 
 The client sets ``U1 ⊇ U2 ⊇ U3 ⊇ U4`` are those whose message of each stage arrived.
 Every message is validated before it changes any state; a bad one raises a typed
@@ -33,18 +41,23 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from securefed.exceptions import ConfigError, PayloadError
+from securefed.secagg.auth import consistency_threshold
 from securefed.secagg.crypto import PAIRWISE_MASK_LABEL, PUBLIC_KEY_BYTES, derive_shared_key
-from securefed.secagg.errors import DropoutError, ProtocolError
+from securefed.secagg.errors import DropoutError, ProtocolError, SumRangeError
 from securefed.secagg.graph import NeighbourGraph, build_graph
 from securefed.secagg.masks import add_mod, expand_mask, neg_mod, pairwise_mask, pairwise_sign
 from securefed.secagg.messages import (
     ADVERTISE_KEYS,
     BUNDLE_BYTES,
+    CONSISTENCY,
     DONE,
     MASKED_INPUT,
     SHARE_KEYS,
+    SIGNATURE_BYTES,
     UNMASK,
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     KeysBroadcast,
     MaskedInput,
     SecAggConfig,
@@ -62,6 +75,7 @@ _MESSAGE_STAGE: dict[type, str] = {
     AdvertiseKeys: ADVERTISE_KEYS,
     ShareKeys: SHARE_KEYS,
     MaskedInput: MASKED_INPUT,
+    ConsistencySignature: CONSISTENCY,
     UnmaskResponse: UNMASK,
 }
 
@@ -103,6 +117,8 @@ class SecAggServer:
         The sampled clients, distinct ints ``>= 1``.
     graph_seed : bytes or None
         Public 32-byte seed of the neighbour graph; ``None`` draws one from the OS.
+    malicious : bool
+        Run the malicious-server protocol (signed keys, members map, consistency round).
 
     Raises
     ------
@@ -111,7 +127,8 @@ class SecAggServer:
     """
 
     def __init__(
-        self, config: SecAggConfig, client_ids: Sequence[int], graph_seed: bytes | None = None
+        self, config: SecAggConfig, client_ids: Sequence[int], graph_seed: bytes | None = None,
+        *, malicious: bool = False,
     ) -> None:
         if not isinstance(config, SecAggConfig):
             raise ConfigError(f"config must be a SecAggConfig, got {config!r}")
@@ -131,6 +148,9 @@ class SecAggServer:
         self._masked: dict[int, npt.NDArray[np.uint64]] = {}
         self._requests: dict[int, UnmaskRequest] = {}
         self._responses: dict[int, UnmaskResponse] = {}
+        self.malicious = bool(malicious)
+        self._signed: dict[int, tuple[str, bytes]] = {}
+        self._consistency: dict[int, bytes] = {}
 
     @property
     def stage(self) -> str:
@@ -144,6 +164,7 @@ class SecAggServer:
             ADVERTISE_KEYS: tuple(sorted(self._keys)),
             SHARE_KEYS: tuple(sorted(self._shares)),
             MASKED_INPUT: tuple(sorted(self._masked)),
+            **({CONSISTENCY: tuple(sorted(self._consistency))} if self.malicious else {}),
             UNMASK: tuple(sorted(self._responses)),
         }
 
@@ -182,6 +203,8 @@ class SecAggServer:
             self._receive_shares(message)
         elif isinstance(message, MaskedInput):
             self._receive_masked(message)
+        elif isinstance(message, ConsistencySignature):
+            self._receive_consistency(message)
         elif isinstance(message, UnmaskResponse):
             self._receive_unmask(message)
 
@@ -200,6 +223,19 @@ class SecAggServer:
             # Honest clients refuse a broadcast with a repeated key: accepting a copied
             # key would let one client stall the round.
             raise ProtocolError(f"client {sender} advertised a key another client already uses")
+        if self.malicious:
+            name, sig = msg.name, msg.signature
+            if not isinstance(name, str) or not name or not isinstance(sig, bytes) \
+                    or len(sig) != SIGNATURE_BYTES:
+                raise ProtocolError(f"client {sender} sent no roster name and "
+                                    f"{SIGNATURE_BYTES}-byte signature (malicious mode)")
+            if name in {n for n, _ in self._signed.values()}:
+                raise ProtocolError(f"client {sender} claims the name {name!r} of another "
+                                    "client")
+            self._signed[sender] = (name, sig)
+        elif not (isinstance(msg.name, str) and msg.name == ""
+                  and isinstance(msg.signature, bytes) and msg.signature == b""):
+            raise ProtocolError(f"client {sender} sent a name or signature in semi-honest mode")
         self._keys[sender] = keys
 
     def broadcast_keys(self) -> dict[int, KeysBroadcast]:
@@ -207,12 +243,12 @@ class SecAggServer:
         self._expect(ADVERTISE_KEYS, "broadcast_keys")
         u1 = set(self._keys)
         self._require(u1, u1, "advertise keys")
-        out = {
-            u: KeysBroadcast(
-                u, {v: self._keys[v] for v in sorted(self.graph[u]) if v in self._keys}
-            )
-            for u in sorted(self._keys)
-        }
+        members = {u: self._signed[u][0] for u in sorted(self._signed)}
+        out = {}
+        for u in sorted(self._keys):
+            nbrs = [v for v in sorted(self.graph[u]) if v in self._keys]
+            sigs = {v: self._signed[v][1] for v in nbrs} if self.malicious else {}
+            out[u] = KeysBroadcast(u, {v: self._keys[v] for v in nbrs}, sigs, dict(members))
         self._stage = SHARE_KEYS
         return out
 
@@ -259,16 +295,52 @@ class SecAggServer:
             raise PayloadError(f"masked vector of client {sender} has values >= 2**{cfg.bits}")
         self._masked[sender] = vec.copy()
 
-    def request_unmask(self) -> dict[int, UnmaskRequest]:
-        """Close MASKED_INPUT: ask each ``u`` in ``U3`` for its neighbours' shares."""
-        self._expect(MASKED_INPUT, "request_unmask")
+    def _dropped(self) -> set[int]:
+        """``U2 \\ U3`` clients with a neighbour in ``U3``: their keys are needed."""
         u2, u3 = set(self._shares), set(self._masked)
-        self._require(u3, u3, "masked input")
-        dropped = {v for v in u2 - u3 if self.graph[v] & u3}
-        self._require(u3, dropped, "masked input")
+        return {v for v in u2 - u3 if self.graph[v] & u3}
+
+    def request_consistency(self) -> dict[int, ConsistencyRequest]:
+        """Close MASKED_INPUT (malicious mode): announce ``U3`` to each of its clients."""
+        if not self.malicious:
+            raise ProtocolError("request_consistency is only legal in malicious mode")
+        self._expect(MASKED_INPUT, "request_consistency")
+        u3 = set(self._masked)
+        self._require(u3, u3 | self._dropped(), "masked input")
+        self._check_signers(u3, "masked input")
+        out = {u: ConsistencyRequest(u, frozenset(u3)) for u in sorted(u3)}
+        self._stage = CONSISTENCY
+        return out
+
+    def _receive_consistency(self, msg: ConsistencySignature) -> None:
+        sender = self._check_sender(msg.sender, self._masked, self._consistency)
+        if not isinstance(msg.signature, bytes) or len(msg.signature) != SIGNATURE_BYTES:
+            raise ProtocolError(f"consistency signature of client {sender} is not "
+                                f"{SIGNATURE_BYTES} bytes")
+        self._consistency[sender] = msg.signature
+
+    def _check_signers(self, signers: set[int], stage: str) -> None:
+        need = consistency_threshold(self.config.num_clients, self.config.graph.threshold)
+        if len(signers) < need:
+            raise DropoutError(f"after {stage}, {len(signers)} clients remain to sign the "
+                               f"survivor set; the consistency round needs T = {need}")
+
+    def request_unmask(self) -> dict[int, UnmaskRequest]:
+        """Close MASKED_INPUT (CONSISTENCY in malicious mode): ask each client in ``U3``
+        (that signed ``U3``) for its neighbours' shares."""
+        self._expect(CONSISTENCY if self.malicious else MASKED_INPUT, "request_unmask")
+        u3 = set(self._masked)
+        askable = set(self._consistency) if self.malicious else u3
+        if self.malicious:
+            self._check_signers(askable, "consistency")
+        dropped = self._dropped()
+        self._require(askable, u3 | dropped, "masked input" if not self.malicious
+                      else "consistency")
+        signatures = dict(sorted(self._consistency.items()))
         out = {
-            u: UnmaskRequest(u, frozenset(self.graph[u] & u3), frozenset(self.graph[u] & dropped))
-            for u in sorted(u3)
+            u: UnmaskRequest(u, frozenset(self.graph[u] & u3), frozenset(self.graph[u] & dropped),
+                             dict(signatures))
+            for u in sorted(askable)
         }
         self._requests = out
         self._stage = UNMASK
@@ -318,7 +390,7 @@ class SecAggServer:
         self._expect(UNMASK, "finish")
         cfg, t = self.config, self.config.graph.threshold
         u3, u4 = set(self._masked), set(self._responses)
-        dropped = set().union(*(r.dropped for r in self._requests.values()))
+        dropped = self._dropped()
         self._require(u4, u3 | dropped, "unmask")
         bits, length = cfg.bits, cfg.masked_length
         total = np.zeros(length, dtype=np.uint64)
@@ -342,6 +414,13 @@ class SecAggServer:
         n = len(u3)
         values_part = total[: cfg.vector_length]
         weight_sum = int(total[-1]) if cfg.has_weight else None
-        values = dequantize_sum(values_part, n, cfg.quantization)
+        try:
+            values = dequantize_sum(values_part, n, cfg.quantization)
+        except PayloadError as exc:
+            raise SumRangeError(f"unmasked sum of {n} clients is out of range: {exc}") from None
+        if cfg.has_weight and weight_sum is not None \
+                and weight_sum > n * cfg.quantization.max_weight:
+            raise SumRangeError(f"unmasked weight sum {weight_sum} exceeds n * max_weight = "
+                                f"{n * cfg.quantization.max_weight}")
         self._stage = DONE
         return AggregateResult(total, values, weight_sum, tuple(sorted(u3)))

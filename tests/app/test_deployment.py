@@ -1,11 +1,13 @@
 """Integration: SecAgg+ and CKKS with real SuperLink and SuperNode processes on loopback.
 
 One ``flower-superlink`` (deployment mode) and four ``flower-supernode`` processes,
-each with its own partition, run the securefed ServerApp and ClientApp through
-``flwr run``. In the SecAgg+ test one SuperNode dies (SIGKILL) in the middle of the
-round, when it receives the masked-input stage: the round must finish with the other
-three clients' exact sum, which is checked against plaintext FedAvg over those three.
-Every process is stopped by PID.
+each with its own partition and its own roster identity in its node config
+(``securefed-roster``, ``securefed-identity``, ``securefed-name``, as a deployment passes
+them), run the securefed ServerApp and ClientApp through ``flwr run``. In the SecAgg+
+test (malicious mode: signed keys and the consistency round) one SuperNode dies
+(SIGKILL) in the middle of the round, when it receives the masked-input stage: the round
+must finish with the other three clients' exact sum, which is checked against plaintext
+FedAvg over those three. Every process is stopped by PID.
 """
 
 from __future__ import annotations
@@ -146,9 +148,11 @@ def test_secagg_on_supernodes_survives_a_supernode_dying_mid_round(tiny_backbone
                federation={"min_replies": 3})
     summary, alive = _deploy(cfg, tmp_path, die={2: "masked-input"})
     assert summary["status"] == "completed", summary.get("reason")
+    assert summary["secagg_adversary"] == "malicious"
     assert len(alive) == N - 1  # the SuperNode of partition 2 was killed
     (row,) = read_metrics(tmp_path / "run" / "metrics.jsonl")[1:]
     assert row["secure"]["secagg_survivors"]["masked-input"] == N - 1
+    assert row["secure"]["secagg_survivors"]["consistency"] == N - 1
     assert len(row["clients"]) == N - 1 and len(row["rejected"]) == 1
     expected = _plaintext_without(cfg, tmp_path / "plain", partition=2)
     assert summary["loss_per_round"] == pytest.approx(expected["loss_per_round"], abs=1e-5)

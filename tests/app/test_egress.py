@@ -137,7 +137,7 @@ def test_user_dp_sends_the_clipped_payload_and_weight_one(tiny_backbones, tmp_pa
 
 @pytest.mark.parametrize(("mode", "kinds"), [
     ("secagg", {"secagg+/setup", "secagg+/share-keys", "secagg+/masked-input",
-                "secagg+/unmask"}),
+                "secagg+/consistency", "secagg+/unmask"}),
     ("ckks", {"ckks/enroll", "ckks/keygen", "ckks/setup", "ckks/decrypt"}),
 ])
 def test_secure_modes_send_protocol_fields_only(tiny_backbones, tmp_path, mode,

@@ -151,3 +151,6 @@ def test_secure_modes_on_flower_simulation_engine(tiny_backbones, tmp_path, mode
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")[1:]
     assert len(rows) == 2 and all(len(r["clients"]) == 3 for r in rows)
     assert all(r["secure"]["secure"] in ("secagg+", "ckks") for r in rows)
+    if mode == "secagg":  # malicious mode: each simulated node found its roster identity
+        assert summary["secagg_adversary"] == "malicious"
+        assert all(r["secure"]["secagg_survivors"]["consistency"] == 3 for r in rows)

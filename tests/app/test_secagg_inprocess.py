@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 from securefed.app import client_app as client_module
 from securefed.app.grid import InProcessGrid
 from securefed.app.launcher import preflight
+from securefed.app.nodes import prepare_node_configs, provision_roster
 from securefed.app.runtime import tuned_model
 from securefed.app.secagg_mod import secagg_mod
 from securefed.app.server_app import run_server
@@ -34,11 +35,27 @@ N = 4  # clients per round: complete neighbour graph k = 3, threshold t = 2
 
 
 def _run(cfg: ExperimentConfig, out: Path, *, drop: Callable[[Message], bool] | None = None,
-         app: ClientApp | None = None) -> dict[str, Any]:
+         app: ClientApp | None = None, roster: bool | None = None,
+         node_config: dict[str, Any] | None = None) -> dict[str, Any]:
     run_config: dict[str, Any] = {"config-file": "", "run-dir": str(out)}
     run_config.update(to_flat(cfg))
-    grid = InProcessGrid(app or client_module.app, cfg.data.num_clients, run_config, drop=drop)
+    n = cfg.data.num_clients
+    if roster is None:  # what a deployment of this config gives its nodes
+        nodes = prepare_node_configs(cfg, out)
+    elif roster:
+        nodes = provision_roster(out / "nodes", n)
+    else:
+        nodes = [{"partition-id": i, "num-partitions": n} for i in range(n)]
+    grid = InProcessGrid(app or client_module.app, n, run_config, drop=drop,
+                         node_configs=nodes)
+    for context in grid.contexts.values():
+        context.node_config.update(node_config or {})
     return run_server(grid, run_config)
+
+
+def _survivors(count: int, malicious: bool, **less: int) -> dict[str, int]:
+    stages = ["setup", "share-keys", "masked-input", *(["consistency"] * malicious), "unmask"]
+    return {s: count - less.get(s.replace("-", "_"), 0) for s in stages}
 
 
 def _final(cfg: ExperimentConfig) -> dict[str, np.ndarray]:
@@ -67,42 +84,47 @@ def _close(a: dict[str, np.ndarray], b: dict[str, np.ndarray], atol: float = 1e-
         np.testing.assert_allclose(a[k], b[k], atol=atol, rtol=0, err_msg=k)
 
 
-@pytest.mark.parametrize(("method", "form"), [("ffa-lora", "native"), ("lora", "dense"),
-                                              ("bitfit", "native")])
+@pytest.mark.parametrize(("method", "form", "adversary"), [
+    ("ffa-lora", "native", "malicious"), ("ffa-lora", "native", "semi-honest"),
+    ("lora", "dense", "malicious"), ("bitfit", "native", "semi-honest")])
 def test_secure_aggregate_equals_plaintext_fedavg(tiny_backbones, tmp_path, method,
-                                                  form) -> None:
+                                                  form, adversary) -> None:
     bb = tiny_backbones["bert"]
     plain = _cfg(bb, tmp_path / "plain", method, federation={"payload_form": form})
     _run(plain, tmp_path / "plain")
     expected = _final(plain)
     secure = _cfg(bb, tmp_path / "secure", method, federation={"payload_form": form},
-                  secure={"mode": "secagg"})
+                  secure={"mode": "secagg", "adversary": adversary})
     summary = _run(secure, tmp_path / "secure")
     assert summary["status"] == "completed" and summary["secure_mode"] == "secagg"
     assert summary["secure_exactness"] == "exact"
+    assert summary["secagg_adversary"] == adversary
     got = _final(secure)
     initial = tuned_model(secure).initial
     assert any(np.abs(got[k] - initial[k]).max() > 1e-4 for k in got)  # it trained
     _close(got, expected)  # quantisation error bound at c=1, 32 bits: ~1e-7
     (row,) = read_metrics(tmp_path / "secure" / "metrics.jsonl")[1:]
-    assert row["secure"]["secagg_survivors"] == {"setup": N, "share-keys": N,
-                                                 "masked-input": N, "unmask": N}
+    assert row["secure"]["secagg_survivors"] == _survivors(N, adversary == "malicious")
+    assert row["secure"]["secagg_adversary"] == adversary
     assert row["clients"] == [1000, 1001, 1002, 1003] and row["rejected_replies"] == 0
 
 
-@pytest.mark.parametrize("stage", ["setup", "share-keys", "masked-input", "unmask"])
+@pytest.mark.parametrize(("stage", "adversary"), [
+    *[(s, "malicious") for s in ("setup", "share-keys", "masked-input", "consistency",
+                                 "unmask")],
+    ("share-keys", "semi-honest"), ("unmask", "semi-honest")])
 def test_one_dropout_at_each_stage_still_gives_the_survivors_mean(tiny_backbones, tmp_path,
-                                                                  stage) -> None:
+                                                                  stage, adversary) -> None:
     """Dropping node 1001 at any stage: the sum is over the clients whose masked input
     arrived, and equals plaintext FedAvg over exactly those clients."""
     bb = tiny_backbones["bert"]
     plain = _cfg(bb, tmp_path / "plain", federation={"min_replies": 3})
-    in_sum = stage != "unmask"  # a node that vanishes after masking is still in the sum
+    in_sum = stage not in ("unmask", "consistency")  # after masking: still in the sum
     gone = {1001} if in_sum else set()
     _run(plain, tmp_path / "plain", drop=lambda m: m.metadata.message_type == "train"
          and m.metadata.dst_node_id in gone)
     expected = _final(plain)
-    secure = _cfg(bb, tmp_path / "s", secure={"mode": "secagg"},
+    secure = _cfg(bb, tmp_path / "s", secure={"mode": "secagg", "adversary": adversary},
                   federation={"min_replies": 3})
     summary = _run(secure, tmp_path / "s", drop=_drop_at(stage, {1001}))
     assert summary["status"] == "completed"
@@ -110,9 +132,37 @@ def test_one_dropout_at_each_stage_still_gives_the_survivors_mean(tiny_backbones
     (row,) = read_metrics(tmp_path / "s" / "metrics.jsonl")[1:]
     survivors = row["secure"]["secagg_survivors"]
     assert survivors["unmask"] == N - 1
-    assert (1001 in row["clients"]) is (stage == "unmask")
-    if stage != "unmask":
+    assert (1001 in row["clients"]) is (not in_sum)
+    if in_sum:
         assert "1001" in row["rejected"]
+
+
+def test_a_roster_node_refuses_a_semi_honest_round(tiny_backbones, tmp_path) -> None:
+    """A server cannot downgrade nodes that hold a roster to the semi-honest protocol."""
+    cfg = _cfg(tiny_backbones["bert"], tmp_path, secure={"mode": "secagg",
+                                                         "adversary": "semi-honest"})
+    with pytest.raises(AggregationError, match="takes part only in malicious-mode"):
+        _run(cfg, tmp_path, roster=True)
+
+
+def test_a_node_without_roster_refuses_a_malicious_round(tiny_backbones, tmp_path) -> None:
+    cfg = _cfg(tiny_backbones["bert"], tmp_path, secure={"mode": "secagg"})
+    with pytest.raises(AggregationError, match="needs this node's roster"):
+        _run(cfg, tmp_path, roster=False)
+
+
+@pytest.mark.parametrize(("key", "value", "floor"), [
+    ("securefed-secagg-min-clients", 5, "min_clients"),
+    ("securefed-secagg-min-bits", 48, "min_bits"),
+    ("securefed-secagg-max-clipping-range", 0.5, "max_clipping_range")])
+def test_node_config_floors_refuse_a_weaker_setup(tiny_backbones, tmp_path, key, value,
+                                                  floor) -> None:
+    cfg = _cfg(tiny_backbones["bert"], tmp_path, secure={"mode": "secagg"})
+    with pytest.raises(AggregationError, match=f"FloorError: .*{floor}") as info:
+        _run(cfg, tmp_path, node_config={key: value})
+    assert key in str(info.value)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and floor in summary["reason"]
 
 
 def test_too_many_dropouts_fail_the_run_with_a_typed_error(tiny_backbones, tmp_path) -> None:

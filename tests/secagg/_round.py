@@ -14,9 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, settings
 
 from securefed.exceptions import PayloadError
+from securefed.roster import Identity, Roster
 from securefed.secagg import (
     ADVERTISE_KEYS,
     DONE,
@@ -31,9 +33,36 @@ from securefed.secagg import (
     quantize,
     sum_mod,
 )
+from securefed.secagg.auth import Authenticator
+from securefed.secagg.messages import CONSISTENCY
 
 STEPS = (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, UNMASK)
+"""The stages of the semi-honest protocol."""
+MALICIOUS_STEPS = (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, CONSISTENCY, UNMASK)
+"""The stages of the malicious-server protocol (with the consistency round)."""
+MODES = ("semi-honest", "malicious")
 GRAPH_SEED = bytes(range(32))
+RUN = "run-test"
+
+
+@functools.cache
+def identities(count: int) -> tuple[dict[str, Identity], Roster]:
+    """``count`` fresh identities ``member-1..`` and their roster (cached per session)."""
+    ids = {f"member-{i}": Identity(f"member-{i}", Ed25519PrivateKey.generate())
+           for i in range(1, count + 1)}
+    return ids, Roster({name: i.public_bytes for name, i in ids.items()})
+
+
+def authenticators(ids: list[int], run: str = RUN, members: int = 12
+                   ) -> dict[int, Authenticator]:
+    """Client ``i`` signs as roster member ``member-i``; the roster has ``members``."""
+    people, roster = identities(members)
+    return {i: Authenticator(people[f"member-{i}"], roster, run) for i in ids}
+
+
+def steps_of(malicious: bool) -> tuple[str, ...]:
+    """The stages a client walks in this mode."""
+    return MALICIOUS_STEPS if malicious else STEPS
 
 
 class Round:
@@ -51,12 +80,21 @@ class Round:
         bits: int = 24,
         degree: int | None = None,
         threshold: int | None = None,
+        malicious: bool = False,
+        round_id: int = 0,
+        run: str = RUN,
     ) -> None:
-        self.cfg = make_config(n, length, 1.0, bits, degree=degree, threshold=threshold)
+        self.cfg = make_config(n, length, 1.0, bits, degree=degree, threshold=threshold,
+                               round_id=round_id)
         self.ids = list(range(1, n + 1))
+        self.malicious = malicious
+        self.steps = steps_of(malicious)
+        self.auths = authenticators(self.ids, run) if malicious else {}
         self.x = {i: np.linspace(-1.0, 1.0, length) * (i / n) for i in self.ids}
-        self.server = SecAggServer(self.cfg, self.ids, graph_seed=GRAPH_SEED)
-        self.clients = {i: SecAggClient(i, self.cfg, np.random.default_rng(i)) for i in self.ids}
+        self.server = SecAggServer(self.cfg, self.ids, graph_seed=GRAPH_SEED,
+                                   malicious=malicious)
+        self.clients = {i: SecAggClient(i, self.cfg, np.random.default_rng(i),
+                                        auth=self.auths.get(i)) for i in self.ids}
         self.honest: dict[str, dict[int, Any]] = {}
         self.replies: dict[str, dict[int, Any]] = {}
         self.pending: list[Any] = []
@@ -71,21 +109,16 @@ class Round:
             return {i: c[i].share_keys(prev[i]) for i in sorted(prev)}
         if stage == MASKED_INPUT:
             return {i: c[i].masked_input(prev[i], self.x[i]) for i in sorted(prev)}
+        if stage == CONSISTENCY:
+            return {i: c[i].consistency(prev[i]) for i in sorted(prev)}
         return {i: c[i].unmask(prev[i]) for i in sorted(prev)}
 
     def _close(self, stage: str) -> Any:
-        s = self.server
-        closers = {
-            ADVERTISE_KEYS: s.broadcast_keys,
-            SHARE_KEYS: s.route_shares,
-            MASKED_INPUT: s.request_unmask,
-            UNMASK: s.finish,
-        }
-        return closers[stage]()
+        return close_stage(self.server, stage)
 
     def run_until(self, target: str) -> None:
         prev = None
-        for index, stage in enumerate(STEPS):
+        for index, stage in enumerate(self.steps):
             msgs = self._messages(stage, prev)
             self.honest[stage] = msgs
             ids = sorted(msgs)
@@ -102,8 +135,8 @@ class Round:
     def complete(self) -> AggregateResult:
         for msg in self.pending:
             self.server.receive(msg)
-        prev = self._close(STEPS[self.stage_index])
-        for stage in STEPS[self.stage_index + 1 :]:
+        prev = self._close(self.steps[self.stage_index])
+        for stage in self.steps[self.stage_index + 1 :]:
             for msg in self._messages(stage, prev).values():
                 self.server.receive(msg)
             prev = self._close(stage)
@@ -131,6 +164,8 @@ def client_step(client: SecAggClient, stage: str, reply: Any, x: np.ndarray) -> 
         return client.share_keys(reply)
     if stage == MASKED_INPUT:
         return client.masked_input(reply, x)
+    if stage == CONSISTENCY:
+        return client.consistency(reply)
     return client.unmask(reply)
 
 
@@ -139,7 +174,8 @@ def close_stage(server: SecAggServer, stage: str) -> Any:
     closers = {
         ADVERTISE_KEYS: server.broadcast_keys,
         SHARE_KEYS: server.route_shares,
-        MASKED_INPUT: server.request_unmask,
+        MASKED_INPUT: server.request_consistency if server.malicious else server.request_unmask,
+        CONSISTENCY: server.request_unmask,
         UNMASK: server.finish,
     }
     return closers[stage]()

@@ -96,7 +96,8 @@ def test_a_round_with_every_message_and_state_serialised_is_exact() -> None:
 
 def test_every_kind_has_a_codec_and_decoding_checks_the_kind() -> None:
     assert set(MESSAGE_CODECS) == {"advertise-keys", "keys-broadcast", "share-keys",
-                                   "share-bundle", "masked-input", "unmask-request",
+                                   "share-bundle", "masked-input", "consistency-request",
+                                   "consistency-signature", "unmask-request",
                                    "unmask-response"}
     with pytest.raises(ProtocolError, match="expected a 'share-keys'"):
         decode_message({"kind": "advertise-keys"}, "share-keys")

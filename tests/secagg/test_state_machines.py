@@ -10,12 +10,16 @@ import pytest
 from securefed.exceptions import ConfigError, PayloadError
 from securefed.secagg import (
     ADVERTISE_KEYS,
+    CONSISTENCY,
     DONE,
     MASKED_INPUT,
+    SEMI_HONEST_STAGES,
     SHARE_KEYS,
     STAGES,
     UNMASK,
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     DecryptionError,
     KeysBroadcast,
     MaskedInput,
@@ -28,48 +32,60 @@ from securefed.secagg import (
     UnmaskResponse,
     make_config,
 )
-from tests.secagg._round import STEPS, Round
+from tests.secagg._round import MALICIOUS_STEPS, MODES, STEPS, Round, client_step, steps_of
 
 CLIENT_CALLS = {
     ADVERTISE_KEYS: lambda c: c.advertise_keys(),
     SHARE_KEYS: lambda c: c.share_keys(KeysBroadcast(c.client_id, {})),
     MASKED_INPUT: lambda c: c.masked_input(ShareBundle(c.client_id, {}), np.zeros(8)),
+    CONSISTENCY: lambda c: c.consistency(ConsistencyRequest(c.client_id, frozenset())),
     UNMASK: lambda c: c.unmask(UnmaskRequest(c.client_id, frozenset(), frozenset())),
 }
-SERVER_CLOSERS = {
-    ADVERTISE_KEYS: "broadcast_keys",
-    SHARE_KEYS: "route_shares",
-    MASKED_INPUT: "request_unmask",
-    UNMASK: "finish",
-}
+CLOSERS = ("broadcast_keys", "route_shares", "request_consistency", "request_unmask", "finish")
+
+
+def _closer(stage: str, malicious: bool) -> str | None:
+    """The one legal closing call of ``stage`` in this mode (None after DONE)."""
+    legal = {ADVERTISE_KEYS: "broadcast_keys", SHARE_KEYS: "route_shares",
+             MASKED_INPUT: "request_consistency" if malicious else "request_unmask",
+             CONSISTENCY: "request_unmask", UNMASK: "finish"}
+    return legal.get(stage)
+
+
 SAMPLE_MESSAGES = {
     ADVERTISE_KEYS: AdvertiseKeys(1, bytes(32), bytes(range(32))),
     SHARE_KEYS: ShareKeys(1, {}),
     MASKED_INPUT: MaskedInput(1, np.zeros(8, dtype=np.uint64), 24),
+    CONSISTENCY: ConsistencySignature(1, bytes(64)),
     UNMASK: UnmaskResponse(1, {}, {}),
 }
+MODE_STAGES = [(mode, stage) for mode in MODES
+               for stage in (*steps_of(mode == "malicious"), DONE)]
+"""(mode, stage) for every stage a client or server of that mode can sit in."""
 
 
 def test_stage_order():
-    assert STAGES == (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, UNMASK, DONE)
-    assert STAGES[:4] == STEPS
+    assert STAGES == (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, CONSISTENCY, UNMASK, DONE)
+    assert (*STEPS, DONE) == SEMI_HONEST_STAGES
+    assert STAGES[:5] == MALICIOUS_STEPS
 
 
-def _client_at(stage: str) -> SecAggClient:
+def _client_at(stage: str, malicious: bool) -> SecAggClient:
     """Client 2 of a round, sitting at ``stage``."""
-    r = Round()
+    r = Round(malicious=malicious)
     if stage == ADVERTISE_KEYS:
         return r.clients[2]
-    previous = STAGES[STAGES.index(stage) - 1]
+    steps = (*r.steps, DONE)
+    previous = steps[steps.index(stage) - 1]
     r.run_until(previous)  # every client has now sent its ``previous`` message
     client = r.clients[2]
     assert client.stage == stage
     return client
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_client_illegal_transitions(stage):
-    client = _client_at(stage)
+@pytest.mark.parametrize(("mode", "stage"), MODE_STAGES)
+def test_client_illegal_transitions(mode, stage):
+    client = _client_at(stage, mode == "malicious")
     for call_stage, call in CLIENT_CALLS.items():
         if call_stage == stage:
             continue
@@ -79,40 +95,26 @@ def test_client_illegal_transitions(stage):
         assert client.stage == stage
 
 
-def test_legal_transitions_walk_every_stage():
-    r = Round()
+@pytest.mark.parametrize("mode", MODES)
+def test_legal_transitions_walk_every_stage(mode):
+    r = Round(malicious=mode == "malicious")
     c, s = r.clients, r.server
     seen = [(c[1].stage, s.stage)]
-    for i in r.ids:
-        s.receive(c[i].advertise_keys())
-    seen.append((c[1].stage, s.stage))
-    broadcasts = s.broadcast_keys()
-    for i in r.ids:
-        s.receive(c[i].share_keys(broadcasts[i]))
-    seen.append((c[1].stage, s.stage))
-    bundles = s.route_shares()
-    for i in r.ids:
-        s.receive(c[i].masked_input(bundles[i], r.x[i]))
-    seen.append((c[1].stage, s.stage))
-    requests = s.request_unmask()
-    for i in r.ids:
-        s.receive(c[i].unmask(requests[i]))
-    seen.append((c[1].stage, s.stage))
-    result = s.finish()
-    assert [client for client, _ in seen] == list(STAGES)
-    assert [server for _, server in seen] == [
-        ADVERTISE_KEYS,
-        ADVERTISE_KEYS,
-        SHARE_KEYS,
-        MASKED_INPUT,
-        UNMASK,
-    ]
+    replies: dict[int, object] = {}
+    for stage in r.steps:
+        for i in r.ids:
+            s.receive(client_step(c[i], stage, replies.get(i), r.x[i]))
+        seen.append((c[1].stage, s.stage))
+        replies = getattr(s, _closer(stage, r.malicious))()
+    result = replies
+    assert [client for client, _ in seen] == [*r.steps, DONE]
+    assert [server for _, server in seen] == [r.steps[0], *r.steps]
     assert s.stage == DONE
     assert np.array_equal(result.total, r.expected_total())
 
 
-def _server_at(stage: str) -> tuple[Round, SecAggServer]:
-    r = Round()
+def _server_at(stage: str, malicious: bool = False) -> tuple[Round, SecAggServer]:
+    r = Round(malicious=malicious)
     if stage == DONE:
         r.run_until(UNMASK)
         r.complete()
@@ -122,15 +124,19 @@ def _server_at(stage: str) -> tuple[Round, SecAggServer]:
     return r, r.server
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_server_illegal_transitions(stage):
-    _, server = _server_at(stage)
-    for other, closer in SERVER_CLOSERS.items():
-        if other == stage:
+@pytest.mark.parametrize(("mode", "stage"), MODE_STAGES)
+def test_server_illegal_transitions(mode, stage):
+    malicious = mode == "malicious"
+    _, server = _server_at(stage, malicious)
+    for closer in CLOSERS:
+        if closer == _closer(stage, malicious):
             continue
         with pytest.raises(ProtocolError) as info:
             getattr(server, closer)()
-        assert repr(stage) in str(info.value) and repr(other) in str(info.value)
+        if closer == "request_consistency" and not malicious:
+            assert "malicious mode" in str(info.value)
+        else:
+            assert repr(stage) in str(info.value)
     for other, msg in SAMPLE_MESSAGES.items():
         if other == stage:
             continue
@@ -139,9 +145,9 @@ def test_server_illegal_transitions(stage):
     assert server.stage == stage
 
 
-@pytest.mark.parametrize("stage", STEPS)
-def test_server_legal_transition_then_exact_result(stage):
-    r, server = _server_at(stage)
+@pytest.mark.parametrize(("mode", "stage"), [(m, s) for m, s in MODE_STAGES if s != DONE])
+def test_server_legal_transition_then_exact_result(mode, stage):
+    r, server = _server_at(stage, mode == "malicious")
     result = r.complete()
     assert server.stage == DONE
     assert np.array_equal(result.total, r.expected_total())
