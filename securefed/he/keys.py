@@ -18,7 +18,7 @@ Key roles (the registry :data:`KEY_ROLES`; chosen by ``CKKSConfig.key_role``):
 ``shared``
     Every client holds the secret-key context (NVFlare's model); the server still gets
     only the public context. *Weaker*: any one client colluding with the server reads
-    every other client's update. Documented, not hidden (see ``DESIGN.md``).
+    every other client's update. Documented, not hidden (see ``docs/threat-model.md``).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class KeyRole:
     weaker : bool
         Whether this role protects less than ``authority`` does.
     threat_note : str
-        What the role protects against and what it does not (``DESIGN.md``).
+        What the role protects against and what it does not (``docs/threat-model.md``).
     """
 
     name: str

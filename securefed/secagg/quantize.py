@@ -229,7 +229,7 @@ def quantize(
     config : QuantizationConfig
         The shared quantisation parameters.
     rng : numpy.random.Generator
-        Source of the rounding randomness (passed in, see ``DESIGN.md``).
+        Source of the rounding randomness (passed in, see ``docs/architecture.md``).
 
     Returns
     -------
