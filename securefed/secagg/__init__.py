@@ -15,7 +15,8 @@ What is here
     and counted; never silently saturated.
 ``masks``
     :func:`expand_mask` (full 256-bit seed → ChaCha20 → uniform over ``Z_{2^b}``),
-    signed :func:`pairwise_mask` and modular helpers.
+    signed :func:`pairwise_mask` (and the ECDH-keyed ``pairwise_mask_between`` the
+    client and the server share) and modular helpers.
 ``shamir``
     t-of-n Shamir sharing of 32-byte secrets over ``GF(2**521 - 1)``
     (:func:`split`, :func:`combine`).
@@ -34,13 +35,18 @@ What is here
 
 ``messages``
     Stage names (:data:`ADVERTISE_KEYS`, :data:`SHARE_KEYS`, :data:`MASKED_INPUT`,
-    :data:`UNMASK`, :data:`DONE`), :class:`SecAggConfig` / :func:`make_config`, and the
-    frozen message dataclasses with deterministic wire sizes.
+    :data:`UNMASK`, :data:`DONE`), :class:`SecAggConfig` / :func:`make_config`, the
+    frozen message dataclasses with deterministic wire sizes, and the stage check both
+    state machines use.
 ``client`` / ``server``
     :class:`SecAggClient` and :class:`SecAggServer`: explicit state machines with no
     I/O; the client enforces the consistency rule (never both shares of one peer), the
     server validates every message and raises :class:`DropoutError` rather than ever
     return a wrong aggregate.
+``client_checks`` / ``client_state``
+    The checks a client runs on the server's messages before it reveals anything
+    (receiver, neighbours, signed keys, the unmask request against the signed survivor
+    set), and the state it keeps between stages.
 ``protocol``
     :func:`run_protocol`, the in-process round used by tests, benchmarks and
     ``securefed secagg plan``. Flower wiring lives outside this package.

@@ -24,9 +24,11 @@ from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from securefed.exceptions import ConfigError
+from securefed.secagg.crypto import PAIRWISE_MASK_LABEL, derive_shared_key
 
 __all__ = [
     "MASK_NONCE",
@@ -35,6 +37,7 @@ __all__ = [
     "expand_mask",
     "neg_mod",
     "pairwise_mask",
+    "pairwise_mask_between",
     "pairwise_sign",
     "sum_mod",
 ]
@@ -144,6 +147,40 @@ def pairwise_mask(shared_key: bytes, length: int, bits: int, sign: int) -> npt.N
         raise ConfigError(f"sign must be +1 or -1, got {sign!r}")
     mask = expand_mask(shared_key, length, bits)
     return mask if sign == 1 else neg_mod(mask, bits)
+
+
+def pairwise_mask_between(
+    own_id: int, peer_id: int, private_key: X25519PrivateKey, public_key: bytes,
+    context: bytes, length: int, bits: int,
+) -> npt.NDArray[np.uint64]:
+    """The mask ``sign(u, v) PRG(s_uv) mod 2**bits`` client ``u = own_id`` adds for ``v``.
+
+    ``s_uv`` is the HKDF key of ``ECDH(s_u, s_v)`` under the ``"pairwise-mask"`` label
+    and the round's ``context`` (Bonawitz et al. 2017; Bell et al. 2020,
+    arXiv:2009.05807). ECDH is symmetric, so the client masking (its own ``s_u`` with
+    ``v``'s public key) and the server removing the mask of a dropped ``v`` (the
+    reconstructed ``s_v`` with ``u``'s public key) call this with the same ids.
+
+    Parameters
+    ----------
+    own_id, peer_id : int
+        ``u``, the client that adds the mask, and its neighbour ``v``.
+    private_key : X25519PrivateKey
+        The mask-key private key of either ``u`` or ``v``.
+    public_key : bytes
+        The other one's raw 32-byte public mask key.
+    context : bytes
+        The round's HKDF context (:attr:`~securefed.secagg.messages.SecAggConfig.context`).
+    length, bits : int
+        As in :func:`expand_mask`.
+
+    Raises
+    ------
+    ProtocolError
+        If the public key is malformed or of small order.
+    """
+    s_uv = derive_shared_key(private_key, public_key, PAIRWISE_MASK_LABEL, context=context)
+    return pairwise_mask(s_uv, length, bits, pairwise_sign(own_id, peer_id))
 
 
 def neg_mod(a: npt.NDArray[np.uint64], bits: int) -> npt.NDArray[np.uint64]:

@@ -18,8 +18,10 @@ server; the client and server state machines (:mod:`securefed.secagg.client`,
                                                        malicious: the signatures on U3)
     UNMASK          client -> server  UnmaskResponse  (self-mask or pairwise-key shares)
 
-The semi-honest protocol skips :data:`CONSISTENCY`; :mod:`securefed.secagg.auth` holds
-the malicious-mode checks (Bonawitz et al. 2017, Sec. 6).
+The semi-honest protocol skips :data:`CONSISTENCY`; :mod:`securefed.secagg.auth` signs
+and verifies in malicious mode and :mod:`securefed.secagg.client_checks` holds the checks
+a client runs on the server's messages (Bonawitz et al. 2017, Sec. 6). Both state
+machines refuse a call out of stage with :func:`check_stage`.
 
 Wire sizes
 ----------
@@ -40,6 +42,7 @@ import numpy.typing as npt
 
 from securefed.exceptions import ConfigError
 from securefed.secagg.crypto import NONCE_BYTES, PUBLIC_KEY_BYTES
+from securefed.secagg.errors import ProtocolError
 from securefed.secagg.graph import GraphConfig
 from securefed.secagg.quantize import QuantizationConfig
 
@@ -66,6 +69,7 @@ __all__ = [
     "ShareKeys",
     "UnmaskRequest",
     "UnmaskResponse",
+    "check_stage",
     "make_config",
 ]
 
@@ -88,6 +92,20 @@ SHARE_BYTES = 66
 """Bytes of one Shamir share: ``ceil(521 / 8)``."""
 BUNDLE_BYTES = NONCE_BYTES + 2 * SHARE_BYTES + 16
 """Bytes of one encrypted share bundle: nonce, self-mask share, key share, GCM tag."""
+
+
+def check_stage(current: str, expected: str, action: str) -> None:
+    """Refuse ``action`` unless a state machine is in stage ``expected``.
+
+    Raises
+    ------
+    ProtocolError
+        Naming the action, the stage it needs and the current stage.
+    """
+    if current != expected:
+        raise ProtocolError(
+            f"{action} is only legal in stage {expected!r}; current stage is {current!r}"
+        )
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from securefed.exceptions import ConfigError, PayloadError
 from securefed.secagg.auth import consistency_threshold
-from securefed.secagg.crypto import PAIRWISE_MASK_LABEL, PUBLIC_KEY_BYTES, derive_shared_key
+from securefed.secagg.crypto import PUBLIC_KEY_BYTES
 from securefed.secagg.errors import DropoutError, ProtocolError, SumRangeError
 from securefed.secagg.graph import NeighbourGraph, build_graph
-from securefed.secagg.masks import add_mod, expand_mask, neg_mod, pairwise_mask, pairwise_sign
+from securefed.secagg.masks import add_mod, expand_mask, neg_mod, pairwise_mask_between
 from securefed.secagg.messages import (
     ADVERTISE_KEYS,
     BUNDLE_BYTES,
@@ -65,6 +65,7 @@ from securefed.secagg.messages import (
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
+    check_stage,
 )
 from securefed.secagg.quantize import dequantize_sum
 from securefed.secagg.shamir import PRIME, combine
@@ -169,10 +170,7 @@ class SecAggServer:
         }
 
     def _expect(self, stage: str, action: str) -> None:
-        if self._stage != stage:
-            raise ProtocolError(
-                f"{action} is only legal in stage {stage!r}; current stage is {self._stage!r}"
-            )
+        check_stage(self._stage, stage, action)
 
     def _check_sender(self, sender: object, allowed: Iterable[int], done: Iterable[int]) -> int:
         if not _is_id(sender) or sender not in set(allowed):
@@ -406,10 +404,8 @@ class SecAggServer:
             except ValueError as exc:
                 raise ProtocolError(f"reconstructed key of client {v} is invalid: {exc}") from None
             for u in sorted(self.graph[v] & u3):
-                s_uv = derive_shared_key(
-                    s_v, self._keys[u][1], PAIRWISE_MASK_LABEL, context=cfg.context
-                )
-                mask = pairwise_mask(s_uv, length, bits, pairwise_sign(u, v))
+                mask = pairwise_mask_between(u, v, s_v, self._keys[u][1], cfg.context,
+                                             length, bits)
                 total = add_mod(total, neg_mod(mask, bits), bits)
         n = len(u3)
         values_part = total[: cfg.vector_length]
