@@ -186,6 +186,8 @@ class Roster:
     """
 
     members: Mapping[str, bytes]
+    _verifiers: Mapping[str, Ed25519PublicKey] = field(
+        init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         members = {}
@@ -199,6 +201,8 @@ class Roster:
         if len(set(members.values())) != len(members):
             raise ConfigError("two roster members share one verification key")
         object.__setattr__(self, "members", MappingProxyType(dict(sorted(members.items()))))
+        object.__setattr__(self, "_verifiers", MappingProxyType(
+            {n: Ed25519PublicKey.from_public_bytes(k) for n, k in members.items()}))
 
     def __contains__(self, name: object) -> bool:
         return name in self.members
@@ -225,15 +229,13 @@ class Roster:
             If ``name`` is not a member, the signature is not 64 bytes, or it does not
             verify under the member's key.
         """
-        key = self.members.get(name) if isinstance(name, str) else None
+        key = self._verifiers.get(name) if isinstance(name, str) else None
         if key is None:
             raise SignatureError(f"{name!r} is not in the roster; members: {list(self.names)}")
         if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
             raise SignatureError(f"signature of {name!r} is not {SIGNATURE_BYTES} bytes")
         try:
-            Ed25519PublicKey.from_public_bytes(key).verify(
-                signature, signing_message(domain, *fields)
-            )
+            key.verify(signature, signing_message(domain, *fields))
         except InvalidSignature:
             raise SignatureError(
                 f"signature of {name!r} on {domain!r} does not verify under its roster key"

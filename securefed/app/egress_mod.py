@@ -16,6 +16,12 @@ allow-list resolved from the run config (:func:`~securefed.app.egress.egress_for
   turns the whole reply into an **error** (code :data:`EGRESS_ERROR_CODE`) naming what
   was refused: removing it would change the protocol, and sending it would leak.
 
+The allow-list follows the run config, which in a deployment arrives through the
+SuperLink. So that a server cannot downgrade a node by sending it a run config without
+secure aggregation, a node whose **own** config holds a roster
+(:data:`securefed.roster.NODE_CONFIG_ROSTER`: it was enrolled for SecAgg+ or CKKS) never
+lets a plaintext ``train`` reply out, whatever the run config says.
+
 Error replies pass unchanged (they carry a reason, no content). See
 ``docs/privacy.md`` ("What leaves a client") and ``docs/threat-model.md``.
 """
@@ -28,9 +34,11 @@ from typing import Any
 from flwr.app import Context, Error, Message, MessageType, MetricRecord
 
 from securefed.app.egress import SECURE_RECORD, AllowList, Shape, egress_for
+from securefed.app.nodes import node_config_of
 from securefed.app.protocol_mod import CallNext
 from securefed.app.settings import config_from_run_config
 from securefed.exceptions import PrivacyError
+from securefed.roster import NODE_CONFIG_ROSTER
 
 __all__ = ["EGRESS_ERROR_CODE", "egress_mod", "enforce", "reply_kind"]
 
@@ -104,6 +112,11 @@ def egress_mod(msg: Message, context: Context, call_next: CallNext) -> Message:
         return reply
     kind = reply_kind(msg)
     try:
+        if kind == "train" and node_config_of(context).get(NODE_CONFIG_ROSTER):
+            raise PrivacyError("this node holds a roster (its own config names "
+                               f"{NODE_CONFIG_ROSTER!r}) and sends its update only inside "
+                               "secure aggregation; the run config asks for a plaintext "
+                               "train reply")
         allow = egress_for(config_from_run_config(context.run_config))
         return enforce(kind, reply, allow)
     except Exception as exc:

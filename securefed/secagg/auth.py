@@ -197,9 +197,11 @@ class Authenticator:
 
     # ----------------------------------------------------------- consistency
     def _set_fields(self, config: SecAggConfig, signer: int, name: str, session: bytes,
-                    survivors: Iterable[int] | bytes) -> tuple[str | int | bytes, ...]:
+                    survivors: Iterable[int] | bytes,
+                    digest: bytes | None = None) -> tuple[str | int | bytes, ...]:
         ids = survivors if isinstance(survivors, bytes) else _id_list(survivors)
-        return (self.run, config.round_id, signer, name, config_digest(config), session, ids)
+        digest = config_digest(config) if digest is None else digest
+        return (self.run, config.round_id, signer, name, digest, session, ids)
 
     def sign_survivors(self, config: SecAggConfig, client_id: int, session: bytes,
                        survivors: Iterable[int]) -> bytes:
@@ -232,7 +234,7 @@ class Authenticator:
         if not isinstance(signatures, dict):
             raise ProtocolError("the consistency signatures must be a dict of id -> bytes")
         need = consistency_threshold(config.num_clients, config.graph.threshold)
-        ids = _id_list(survivors)
+        ids, digest = _id_list(survivors), config_digest(config)
         valid, refused = 0, []
         for signer, sig in sorted(signatures.items(), key=lambda kv: repr(kv[0])):
             if valid >= need:
@@ -243,7 +245,8 @@ class Authenticator:
                 continue
             try:
                 self.roster.verify(name, sig, CONSISTENCY_DOMAIN,
-                                   *self._set_fields(config, signer, name, session, ids))
+                                   *self._set_fields(config, signer, name, session, ids,
+                                                     digest))
             except SignatureError as exc:
                 refused.append(f"{signer}: {exc}")
                 continue

@@ -26,7 +26,7 @@ from securefed.app.private_training import load_accountant
 from securefed.app.runtime import tuned_model
 from securefed.app.server_app import run_server
 from securefed.config import ExperimentConfig, to_flat
-from securefed.exceptions import ConfigError, PrivacyError
+from securefed.exceptions import AggregationError, ConfigError, PrivacyError
 from securefed.report.recorder import read_metrics
 from strategies.records import write_payload
 from tests.app.test_secagg_inprocess import N, _cfg
@@ -180,6 +180,24 @@ def test_a_server_that_skips_masking_gets_an_error_not_the_update(tiny_backbones
     assert reply.has_error() and not reply.has_content()
     assert reply.error.code == EGRESS_ERROR_CODE
     assert "'train' reply may not leave this client" in reply.error.reason
+
+
+def test_a_run_config_without_secure_aggregation_cannot_downgrade_an_enrolled_node(
+        tiny_backbones, tmp_path) -> None:
+    """A deviating server sends nodes enrolled for SecAgg+ (a roster in their own node
+    config) a run config with ``mode = "none"``: the nodes train, but no plaintext
+    update leaves them, and the run fails with the nodes' reasons."""
+    secure = _cfg(tiny_backbones["bert"], tmp_path, secure={"mode": "secagg"})
+    plain = _cfg(tiny_backbones["bert"], tmp_path)
+    run_config: dict[str, Any] = {"config-file": "", "run-dir": str(tmp_path),
+                                  **to_flat(plain)}
+    grid = _Spy(client_module.app, N, run_config,
+                node_configs=prepare_node_configs(secure, tmp_path))
+    with pytest.raises(AggregationError):
+        run_server(grid, run_config)
+    assert grid.sent and all(reply.has_error() and not reply.has_content()
+                             for kind, reply in grid.sent if kind == "train")
+    assert all("holds a roster" in reply.error.reason for _, reply in grid.sent)
 
 
 def test_noised_statistics_are_charged_to_the_clients_accountant(tiny_backbones,
