@@ -199,7 +199,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "above (n = 500 needs 25 for the 2¹⁶ − 1 grid). All clients and "
         "the server run sequentially in one process, so *time / client* = wall ÷ n covers "
         "client and server work together. *bytes / client* is what each client uploads "
-        "over the four stages (wire sizes of the messages); *bytes = plan*: equal to "
+        "over the four stages, five in malicious mode (wire sizes of the messages); "
+        "*bytes = plan*: equal to "
         "`plan()`'s prediction. Wall time is the median of "
         f"{'/'.join(str(r['repeats']) for r in rows[:len(cfg['clients'])])} runs.", "",
         table, "",

@@ -2,8 +2,8 @@
 
 The server side of SecAgg+ (Bell et al. 2020, arXiv:2009.05807, on Bonawitz et al. 2017)
 driven through any :class:`flwr.serverapp.Grid` (simulation engine, SuperLink, in-process
-grid). One training round is four exchanges with the sampled nodes, in the order of
-Flower's own SecAgg+ workflow::
+grid). One training round is four exchanges (five against a malicious server) with the
+sampled nodes, in the order of Flower's own SecAgg+ workflow::
 
     setup          SecAgg+ config                   -> AdvertiseKeys (two X25519 keys)
     share-keys     KeysBroadcast                    -> ShareKeys (encrypted Shamir shares)

@@ -85,10 +85,18 @@ def config_digest(config: SecAggConfig) -> bytes:
 
 
 def members_digest(members: Mapping[int, str]) -> bytes:
-    """SHA-256 of the members map ``{client id: roster name}`` (sorted by id)."""
+    """SHA-256 of the members map ``{client id: roster name}`` (sorted by id).
+
+    Memoised on the map's items: a client derives one share key per neighbour from it.
+    """
+    return _members_digest(tuple(sorted(members.items())))
+
+
+@functools.lru_cache(maxsize=256)
+def _members_digest(items: tuple[tuple[int, str], ...]) -> bytes:
     fields: list[str | int] = []
-    for cid in sorted(members):
-        fields += [cid, members[cid]]
+    for cid, name in items:
+        fields += [cid, name]
     return hashlib.sha256(signing_message("securefed/secagg/members", *fields)).digest()
 
 
