@@ -220,14 +220,9 @@ class HomomorphicAggregation(SumOnlyAggregation):
                          "names": [v[0] for v in members.values()],
                          "transport-keys": [v[1] for v in members.values()],
                          "signatures": [v[2] for v in members.values()]})
-        reply = self._send(server_round, {self.authority: request}, "keygen").get(self.authority)
-        if reply is None or reply.has_error():
-            reason = "no reply" if reply is None else reply.error.reason
-            raise AggregationError(f"CKKS key generation at node {self.authority} failed: "
-                                   f"{reason}")
-        record = reply.content.config_records.get(PROTOCOL_RECORD)
-        public = None if record is None else record.get("public-context")
-        if record is None or not isinstance(public, bytes):
+        record = self._ask_authority(server_round, "keygen", request, "generate keys")
+        public = record.get("public-context")
+        if not isinstance(public, bytes):
             raise AggregationError("the CKKS authority sent no public context")
         self._server_ctx = server_context(public)  # PrivacyError if it holds a secret key
         self.public_context = public
@@ -342,6 +337,23 @@ class HomomorphicAggregation(SumOnlyAggregation):
                                              sorted(good),
                                              MetricRecord({**mean_metrics(replied), **summed}))
 
+    def _ask_authority(self, server_round: int, stage: str, request: RecordDict,
+                       what: str) -> ConfigRecord:
+        """Send ``request`` to the authority; its reply's protocol record, or
+        :class:`AggregationError` saying what it did not do and why."""
+        node = self.authority
+        assert node is not None
+        reply = self._send(server_round, {node: request}, stage).get(node)
+        if reply is None or reply.has_error():
+            reason = "no reply" if reply is None else reply.error.reason
+            raise AggregationError(f"round {server_round}: the CKKS authority (node {node}) "
+                                   f"did not {what}: {reason}")
+        record = reply.content.config_records.get(PROTOCOL_RECORD)
+        if record is None:
+            raise AggregationError(f"round {server_round}: the CKKS authority's {stage} "
+                                   f"reply lacks the {PROTOCOL_RECORD!r} record")
+        return record
+
     def _decrypt(self, server_round: int, contributions: list[tuple[str, bytes, bytes]],
                  length: int) -> tuple[np.ndarray, dict[str, float]]:
         assert self.authority is not None
@@ -350,15 +362,10 @@ class HomomorphicAggregation(SumOnlyAggregation):
             "names": [c[0] for c in contributions],
             "ciphertexts": [c[1] for c in contributions],
             "signatures": [c[2] for c in contributions]})
-        node = self.authority
-        reply = self._send(server_round, {node: request}, "decrypt").get(node)
-        if reply is None or reply.has_error():
-            reason = "no reply" if reply is None else reply.error.reason
-            raise AggregationError(f"round {server_round}: the CKKS authority (node {node}) "
-                                   f"did not decrypt the aggregate: {reason}")
-        record = reply.content.config_records.get(PROTOCOL_RECORD)
-        raw = None if record is None else record.get("sum")
-        if record is None or not isinstance(raw, bytes) or len(raw) != 8 * length:
+        record = self._ask_authority(server_round, "decrypt", request,
+                                     "decrypt the aggregate")
+        raw = record.get("sum")
+        if not isinstance(raw, bytes) or len(raw) != 8 * length:
             raise AggregationError(f"round {server_round}: malformed decrypted sum")
         values = np.frombuffer(raw, dtype="<f8").astype(np.float64)
         if not np.all(np.isfinite(values)):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -160,12 +161,17 @@ def _setup(msg: Message, context: Context, call_next: CallNext) -> Message:
     return _reply(msg, advertise)
 
 
-def _share_keys(msg: Message, context: Context, call_next: CallNext) -> Message:
-    record = msg.content.config_records[PROTOCOL_RECORD]
-    client, config = _client(context, record.get("round-id"))
-    out = client.share_keys(decode_message(record, "keys-broadcast"))
-    _save(context, client, config)
-    return _reply(msg, out)
+def _step(kind: str, method: Callable[[SecAggClient, Any], object]) -> StageHandler:
+    """A key stage: decode the server's ``kind`` message, advance, save, reply."""
+
+    def handle(msg: Message, context: Context, call_next: CallNext) -> Message:
+        record = msg.content.config_records[PROTOCOL_RECORD]
+        client, config = _client(context, record.get("round-id"))
+        out = method(client, decode_message(record, kind))
+        _save(context, client, config)
+        return _reply(msg, out)
+
+    return handle
 
 
 def _masked_input(msg: Message, context: Context, call_next: CallNext) -> Message:
@@ -187,14 +193,6 @@ def _masked_input(msg: Message, context: Context, call_next: CallNext) -> Messag
     return _reply(msg, out, update.metrics)
 
 
-def _consistency(msg: Message, context: Context, call_next: CallNext) -> Message:
-    record = msg.content.config_records[PROTOCOL_RECORD]
-    client, config = _client(context, record.get("round-id"))
-    out = client.consistency(decode_message(record, "consistency-request"))
-    _save(context, client, config)
-    return _reply(msg, out)
-
-
 def _unmask(msg: Message, context: Context, call_next: CallNext) -> Message:
     record = msg.content.config_records[PROTOCOL_RECORD]
     client, _ = _client(context, record.get("round-id"))
@@ -205,9 +203,9 @@ def _unmask(msg: Message, context: Context, call_next: CallNext) -> Message:
 
 STAGES: dict[str, StageHandler] = {
     "setup": _setup,
-    "share-keys": _share_keys,
+    "share-keys": _step("keys-broadcast", SecAggClient.share_keys),
     "masked-input": _masked_input,
-    "consistency": _consistency,
+    "consistency": _step("consistency-request", SecAggClient.consistency),
     "unmask": _unmask,
 }
 """Client handler of each SecAgg+ stage, by the wire name the server sends."""
