@@ -28,6 +28,7 @@ from securefed.secagg import flatten_payload
 from securefed.secagg.errors import ProtocolError
 from strategies.records import read_payload
 from strategies.sum_only import PROTOCOL_RECORD, SecureStats
+from strategies.validation import check_weight
 
 __all__ = ["CallNext", "ClientUpdate", "StageHandler", "client_update", "dispatch",
            "secure_stats_of", "update_vector"]
@@ -109,10 +110,8 @@ def client_update(msg: Message, reply: Message, *, clipping_range: float, on_ove
         An update coordinate outside ``[-c, c]`` with ``on_overflow = "error"``.
     """
     metrics = reply.content.metric_records.get("metrics")
-    weight = None if metrics is None else metrics.get("num-examples")
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= max_weight:
-        raise PayloadError(f"'num-examples' must be an int in [1, max_weight={max_weight}], "
-                           f"got {weight!r}; raise [secure] max_weight for larger clients")
+    weight = check_weight(None if metrics is None else metrics.get("num-examples"),
+                          key="num-examples", max_weight=max_weight)
     stats = stats or SecureStats()
     delta, clipped, _ = update_vector(read_payload(msg.content), read_payload(reply.content),
                                       clipping_range, on_overflow)
