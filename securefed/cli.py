@@ -12,6 +12,12 @@ Commands
     Privacy accounting: epsilon of a DP-SGD schedule, or the noise for a target epsilon.
 ``securefed secagg plan --clients N --params P --dropout-rate R [--json]``
     Size a SecAgg+ deployment: graph degree, threshold, bits, bytes per stage.
+``securefed report RUN [RUN ...] --out DIR``
+    Regenerate a run's plots and metrics.csv, or compare several runs.
+``securefed evaluate ADAPTER_DIR [--data NAME]`` / ``securefed predict ADAPTER_DIR INPUT ...``
+    Use an exported adapter: held-out accuracy and loss, or labels of texts / images.
+``securefed --version``
+    Versions of securefed, Flower, torch, PEFT and transformers.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from securefed.config import apply_overrides, load_config
 from securefed.exceptions import SecurefedError
 from securefed.report.console import err, fail
 from securefed.report.console import out as console
+from securefed.report.tables import print_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Privacy-hardened federated fine-tuning of PEFT adapters on Flower.")
@@ -96,7 +103,7 @@ def methods(
         table.add_row(r["method"], f"{r['trainable_params']:,}", f"{r['percent_of_full']:.3f}",
                       f"{r['payload_bytes']:,}", r["aggregation"], str(r["exact_under_sum"]),
                       r["export_format"])
-    console.print(table)
+    print_table(table)
 
 
 @app.command()
@@ -118,11 +125,32 @@ def datasets() -> None:
 
 
 def _mount_subcommands() -> None:
+    from securefed.adapter_cli import evaluate, predict
     from securefed.privacy.cli import privacy_app
+    from securefed.report.cli import report
     from securefed.secagg.cli import secagg_app
 
     app.add_typer(privacy_app, name="privacy")
     app.add_typer(secagg_app, name="secagg")
+    for command in (report, evaluate, predict):
+        app.command()(command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from securefed.versions import version_line
+
+        console.print(version_line(), highlight=False, soft_wrap=True)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the versions of securefed, Flower, torch, PEFT and transformers.")] = False,
+) -> None:
+    """Privacy-hardened federated fine-tuning of PEFT adapters on Flower."""
 
 
 _mount_subcommands()

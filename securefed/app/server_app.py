@@ -22,6 +22,7 @@ import tomli_w
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from securefed.adapters import export_run_adapter
 from securefed.app.central_dp import adapter_options, user_dp_facts, wrap_user_dp
 from securefed.app.egress import client_egress
 from securefed.app.runtime import heldout_split, histograms, tuned_model, write_json
@@ -34,7 +35,7 @@ from securefed.exceptions import (
     PrivacyError,
     SecurefedError,
 )
-from securefed.report.plots import plot_run
+from securefed.report.plots import RunFacts, plot_run
 from securefed.report.recorder import RunRecorder
 from securefed.training import evaluate
 from strategies.adapter_fedavg import AdapterFedAvg
@@ -173,8 +174,8 @@ def _finish(config: ExperimentConfig, tm: Any, recorder: RunRecorder, run_dir: A
     """Export the final adapter, plot the run and write ``summary.json``."""
     tm.load(final)
     adapter_dir = run_dir / "adapter"
-    tm.method.export(tm.model, adapter_dir)
-    plot_run(recorder.rows, run_dir, title=f"{config.method.name} on {config.data.dataset}")
+    export_run_adapter(config, tm, adapter_dir)  # records the base by alias, and the task
+    plot_run(recorder.rows, run_dir, RunFacts.from_config(config))
     facts["adapter_dir"] = str(adapter_dir)
     return recorder.summary(**status, **facts, **recorder.privacy_facts())
 

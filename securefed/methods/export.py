@@ -22,11 +22,23 @@ image backbones)
     rebuild: ``method = create_method(method, **params)``; ``model = method.apply(base,
     arch)``; ``method.load_payload(model, tensors)``; :func:`load_exported` does this.
     Every trainable tensor is in the file, so the result does not depend on the apply seed.
+
+The base model is recorded by name, never by a local path
+    :func:`finish_export` replaces an absolute ``base_model_name_or_path`` that PEFT took
+    from the loaded model (a folder in the virtualenv or the cache) by the folder's name,
+    in ``adapter_config.json`` and PEFT's ``README.md`` model card. :func:`record_base`
+    (called by the ServerApp for a run's adapter) then writes the backbone as the run named
+    it: a securefed alias (``"minilm-l6"``), a hub id, or, for a local folder, its name
+    only, into those files and as ``"base_model": {"name", "source", "model_type",
+    "modality"}`` into ``securefed_method.json``, beside ``"task"`` (dataset, label names,
+    encoding and held-out split settings). :func:`securefed.adapters.load_adapter` resolves
+    the name back with :func:`securefed.models.resolve_backbone`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -57,6 +69,7 @@ __all__ = [
     "finish_export",
     "load_exported",
     "read_metadata",
+    "record_base",
 ]
 
 EXPORT_VERSION = 1
@@ -65,6 +78,39 @@ PEFT_FORMAT = "peft"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 SAFETENSORS_FORMAT = "securefed-safetensors"
 SAFETENSORS_WEIGHTS = "adapter.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+MODEL_CARD = "README.md"
+BASE_SOURCES = ("alias", "hub", "local")
+_CARD_BASE_LINES = (re.compile(r"(?m)^(base_model:[ \t]*).*$"),
+                    re.compile(r"(?m)^(\s*-\s*base_model:adapter:).*$"))
+
+
+def _set_base_name(out_dir: Path, new: Callable[[str], str]) -> None:
+    """Rewrite PEFT's ``base_model_name_or_path`` as ``new(old)``, in the config and card."""
+    config_path = out_dir / PEFT_CONFIG
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    old = config.get("base_model_name_or_path")
+    if not isinstance(old, str) or not old:
+        return
+    name = new(old)
+    config["base_model_name_or_path"] = name
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    card = out_dir / MODEL_CARD
+    if card.is_file():
+        text = card.read_text(encoding="utf-8")
+        if Path(old).is_absolute():
+            text = text.replace(old, name)
+        for pattern in _CARD_BASE_LINES:  # the YAML header's base_model and its tag
+            text = pattern.sub(lambda m: m.group(1) + name, text)
+        card.write_text(text, encoding="utf-8")
+
+
+def _no_local_path(name: str) -> str:
+    """A local folder by its last component; an alias or hub id unchanged."""
+    path = Path(name)
+    return path.name if path.is_absolute() or path.exists() else name
 
 
 def finish_export(
@@ -76,6 +122,7 @@ def finish_export(
 ) -> ExportInfo:
     """Write ``securefed_method.json`` for weights already in ``out_dir``; describe the export."""
     weights = PEFT_WEIGHTS if fmt == PEFT_FORMAT else SAFETENSORS_WEIGHTS
+    _set_base_name(out_dir, _no_local_path)  # never a local path (PEFT writes the folder)
     meta: dict[str, Any] = {
         "securefed_export_version": EXPORT_VERSION,
         "method": method.name,
@@ -111,6 +158,41 @@ def export_model(method: TuningMethod, model: nn.Module, out_dir: Path) -> Expor
     payload = method.payload(inner)
     save_numpy(payload, str(out_dir / SAFETENSORS_WEIGHTS), metadata={"format": "securefed"})
     return finish_export(method, out_dir, SAFETENSORS_FORMAT, payload)
+
+
+def record_base(out_dir: Path, base: Mapping[str, Any],
+                task: Mapping[str, Any] | None = None) -> None:
+    """Record the base model (and the task) of an export already in ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : Path
+        An export directory (``securefed_method.json`` present).
+    base : mapping
+        ``{"name": alias | hub id | folder name, "source": "alias" | "hub" | "local",
+        "model_type": ..., "modality": ...}``; ``name`` must not be an absolute path.
+    task : mapping, optional
+        What the head was trained for: ``dataset``, ``label_names``, ``max_length``,
+        ``image_size`` and the held-out split settings (``seed``, ``test_fraction``,
+        ``max_train``, ``max_test``).
+
+    Raises
+    ------
+    PayloadError
+        If ``base`` lacks a name or source, or names an absolute path.
+    """
+    name, source = base.get("name"), base.get("source")
+    if not isinstance(name, str) or not name or source not in BASE_SOURCES:
+        raise PayloadError(f"base needs a name and a source in {BASE_SOURCES}, got {base!r}")
+    if Path(name).is_absolute():
+        raise PayloadError(f"base name {name!r} is a local path; record the folder's name")
+    out_dir = Path(out_dir)
+    meta = read_metadata(out_dir)
+    meta["base_model"] = dict(base)
+    if task is not None:
+        meta["task"] = dict(task)
+    (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    _set_base_name(out_dir, lambda _old: name)
 
 
 def read_metadata(adapter_dir: Path) -> dict[str, Any]:

@@ -20,5 +20,5 @@ err = Console(stderr=True)
 
 def fail(exc: Exception) -> NoReturn:
     """Print ``error: <message>`` on stderr (rich markup escaped) and exit with 2."""
-    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)  # one line
     raise typer.Exit(code=ERROR_EXIT_CODE)

@@ -1,4 +1,4 @@
-"""Run-directory outputs: ``metrics.jsonl``, ``summary.json`` and plots.
+"""Run-directory outputs: ``metrics.jsonl``, ``metrics.csv``, ``summary.json``.
 
 A :class:`RunRecorder` observes the strategy (bytes, rejections, client metrics) and
 the ServerApp's central evaluation, and writes one JSON line per round::
@@ -10,7 +10,8 @@ the ServerApp's central evaluation, and writes one JSON line per round::
      "bytes_down_per_client": 295000, "round_seconds": 41.2, "wall_seconds": 130.0}
 
 Round 0 is the initial global adapter (central evaluation only). ``summary.json`` keys
-are a stable interface read by other tools; see :data:`SUMMARY_KEYS`.
+are a stable interface read by other tools; see :data:`SUMMARY_KEYS`. :meth:`summary`
+also writes the rows as ``metrics.csv`` (:mod:`securefed.report.metrics_csv`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
+from securefed.report.metrics_csv import write_metrics_csv
 from strategies.adapter_fedavg import TrainRoundStats
 
 __all__ = ["SUMMARY_KEYS", "RunRecorder", "read_metrics"]
@@ -214,7 +216,8 @@ class RunRecorder:
 
     # ---------------------------------------------------------------- summary
     def summary(self, **fields: Any) -> dict[str, Any]:
-        """Assemble ``summary.json`` from the rows plus run facts, and write it."""
+        """Assemble ``summary.json`` from the rows plus run facts, and write it (and
+        ``metrics.csv``)."""
         trained = [r for r in self.rows if r["round"] > 0]
         ups = [r["bytes_up_per_client"] for r in trained if r.get("bytes_up_per_client")]
         downs = [r["bytes_down_per_client"] for r in trained
@@ -232,5 +235,6 @@ class RunRecorder:
         summary.update(fields)
         ordered = {k: summary.get(k) for k in SUMMARY_KEYS}
         ordered.update({k: v for k, v in summary.items() if k not in ordered})
+        write_metrics_csv(self.rows, self.run_dir / "metrics.csv")
         (self.run_dir / "summary.json").write_text(json.dumps(ordered, indent=2) + "\n")
         return ordered
