@@ -19,6 +19,7 @@ from rich.table import Table
 from securefed.exceptions import SecurefedError
 from securefed.report.console import fail
 from securefed.report.console import out as console
+from securefed.report.tables import print_table
 from securefed.secagg.plan import DEFAULT_CLIPPING_RANGE, DEFAULT_TARGET_FAILURE, plan
 
 __all__ = ["secagg_app"]
@@ -82,4 +83,4 @@ def plan_cmd(
     ]
     for name, value in rows:
         table.add_row(name, escape(value))
-    console.print(table)
+    print_table(table)  # full width when piped
