@@ -102,15 +102,26 @@ def test_a_run_without_summary_or_config_still_compares(runs, tmp_path) -> None:
     assert res.exit_code == 0, res.output
 
 
-@pytest.mark.parametrize(("make", "needle"), [
-    (lambda p: p / "missing", "does not exist"),
-    (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "is not a directory"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "not a securefed run directory"),
-    (lambda p: (p / "bad").mkdir() or (p / "bad" / "metrics.jsonl").write_text("{oops\n")
-     and p / "bad", "line 1 is not JSON"),
+def not_a_run(root, kind: str):
+    """A path that is not a run directory: missing, a file, empty, or with a bad line."""
+    path = root / kind
+    if kind == "file":
+        path.write_text("x")
+    elif kind in ("empty", "bad"):
+        path.mkdir()
+        if kind == "bad":
+            (path / "metrics.jsonl").write_text('{"round": 0}\n{oops\n')
+    return path
+
+
+@pytest.mark.parametrize(("kind", "needle"), [
+    ("missing", "does not exist"),
+    ("file", "is not a directory"),
+    ("empty", "not a securefed run directory: it has no metrics.jsonl"),
+    ("bad", "line 2 is not JSON"),
 ])
-def test_what_is_not_a_run_is_refused_in_one_line(tmp_path, make, needle) -> None:
-    res = invoke(make(tmp_path), "--out", tmp_path / "o")
+def test_what_is_not_a_run_is_refused_in_one_line(tmp_path, kind, needle) -> None:
+    res = invoke(not_a_run(tmp_path, kind), "--out", tmp_path / "o")
     assert res.exit_code == 2, res.output
     (line,) = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
     assert needle in line, res.output
