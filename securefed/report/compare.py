@@ -244,7 +244,9 @@ def plot_overlay(runs: Sequence[RunData], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = run_labels(runs)
     written: list[Path] = []
-    heading = f"{len(runs)} runs"
+    shared = [v for v in ({r.facts.backbone for r in runs}, {r.facts.dataset for r in runs})
+              if len(v) == 1]
+    heading = " · ".join([f"{len(runs)} runs", *(next(iter(v)) for v in shared)])
     for metric, ylabel in (("accuracy", "central accuracy (held-out)"),
                            ("loss", "central cross-entropy loss")):
         fig, ax = new_figure()
@@ -257,19 +259,21 @@ def plot_overlay(runs: Sequence[RunData], out_dir: Path) -> list[Path]:
     has_eps = any(series(r.rows, k)[0] for r in runs for k in ("epsilon", "user_epsilon"))
     if has_eps or any(r.facts.dp_budget or r.facts.user_budget for r in runs):
         fig, ax = new_figure()
+        top = 1.0
         for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
             colour = f"C{i % 10}"
             for key, style, level, budget in (
                     ("epsilon", "-", "sample", run.facts.dp_budget),
                     ("user_epsilon", ":", "user", run.facts.user_budget)):
                 xs, ys = series(run.rows, key)
+                top = max([top, *ys, *([budget] if budget is not None else [])])
                 if xs:
                     ax.plot(xs, ys, marker="o", linestyle=style, color=colour,
                             label=f"{label}: {level}-level ε")
                 if budget is not None:
                     ax.axhline(budget, linestyle="--", color=colour, alpha=0.7,
                                label=f"{label}: {level}-level budget {budget:g}")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, top * 1.1)  # room above the highest budget line
         round_axis(ax, "epsilon", f"privacy: {heading}")
         written += save_figure(fig, out_dir, "epsilon")
     return written

@@ -61,6 +61,7 @@ def test_several_runs_are_overlaid_and_compared(runs, tmp_path) -> None:
                       "user (bitfit, plain, user ε≤1)"]
     acc = svg_text(out / "accuracy.svg")
     assert all(label in acc for label in labels)
+    assert "accuracy: 3 runs · minilm-l6 · bbc-news" in acc  # what the runs share
     eps = svg_text(out / "epsilon.svg")
     assert "dp (lora, plain, sample ε≤3): sample-level budget 3" in eps
     assert "user (bitfit, plain, user ε≤1): user-level ε" in eps
