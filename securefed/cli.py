@@ -17,7 +17,7 @@ Commands
 ``securefed evaluate ADAPTER_DIR [--data NAME]`` / ``securefed predict ADAPTER_DIR INPUT ...``
     Use an exported adapter: held-out accuracy and loss, or labels of texts / images.
 ``securefed --version``
-    Versions of securefed, Flower, torch, PEFT and transformers.
+    Versions of securefed, Flower, torch, PEFT, transformers, Opacus and Python.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def _version(value: bool) -> None:
 def _main(
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True,
-        help="Print the versions of securefed, Flower, torch, PEFT and transformers.")] = False,
+        help="Print the versions of securefed and the libraries it runs on.")] = False,
 ) -> None:
     """Privacy-hardened federated fine-tuning of PEFT adapters on Flower."""
 

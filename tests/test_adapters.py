@@ -179,3 +179,15 @@ def test_a_text_adapter_refuses_an_image_file(text_run, tmp_path) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     res = runner.invoke(app, ["predict", str(text_run[0] / "adapter"), str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "is an image file" in res.output
+
+
+@pytest.mark.parametrize("method", ["lora", "federa", "prompt"])
+def test_a_bare_method_export_never_writes_the_local_base_path(tiny_backbones, tmp_path,
+                                                               method) -> None:
+    """Library use (``method.export`` without a run): the folder's name, not its path."""
+    cfg = tiny_config(tiny_backbones["bert"], tmp_path, method_name=method)
+    tm = tuned_model(cfg)
+    tm.method.export(tm.model, tmp_path / "adapter")
+    assert_no_local_path(tmp_path / "adapter", tiny_backbones["bert"], tmp_path)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "bert"
