@@ -264,3 +264,17 @@ def test_unknown_backbone_with_auto_lr_is_a_clear_error() -> None:
     with pytest.raises(SecurefedError,
                        match=r"'not a backbone!' is neither a backbone alias \(minilm-l6"):
         ExperimentConfig.from_dict({"model": {"backbone": "not a backbone!"}})
+
+
+def lr_default_rows() -> list[str]:
+    from securefed.defaults import LR_DEFAULTS
+
+    return [f"| `{d.method}` | {d.family} | {d.lr:g} | {d.source} | {d.measured or '—'} |"
+            for d in LR_DEFAULTS]
+
+
+def test_docs_list_every_lr_default_as_the_code_has_it() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    block = text.split("<!-- lr-defaults:start -->")[1].split("<!-- lr-defaults:end -->")[0]
+    rows = [line for line in block.strip().splitlines()[2:]]
+    assert rows == lr_default_rows()
