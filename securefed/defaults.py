@@ -9,9 +9,11 @@ ViT, DINOv2, CLIP's vision tower). The family is the backbone's modality
 Every entry names where its number comes from: the paper (and table or section) whose
 setting it follows, and, where this project measured it, the run that did. The papers
 train centrally for many epochs with warm-up and decay; securefed clients run a few
-local AdamW steps at a constant rate per round, so the values here sit at or above the
-top of the published ranges, and the measured ones were checked not to diverge in that
-short schedule. The table is printed with sources in ``docs/configuration.md``.
+local AdamW steps at a constant rate per round and train the fresh classification head
+at the same rate. LoRA on text encoders therefore uses the quickstart's measured 5e-3
+(ten times the LoRA paper's), and image defaults stay at or below 1e-3, where the head
+on DINOv2-S features no longer diverges. ``docs/configuration.md`` lists the table with
+its sources and the measurements.
 
 New entries are added with :func:`register_default`, never with an ``if`` chain.
 """
