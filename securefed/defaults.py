@@ -183,7 +183,7 @@ for _entry in (
     TrainingDefault("lora", "text", 5e-3, _LORA, _DEMO),
     TrainingDefault("ffa-lora", "text", 5e-3, _FFA),
     TrainingDefault("federa", "text", 5e-3, _FEDERA),
-    TrainingDefault("bitfit", "text", 5e-3, _BITFIT),
+    TrainingDefault("bitfit", "text", 5e-3, _BITFIT, _BBC.format("0.32 -> 0.93")),
     TrainingDefault("head", "text", 5e-3, _HEAD),
     TrainingDefault("prompt", "text", 1e-2, _PROMPT),
     TrainingDefault("prefix", "text", 1e-2, _PREFIX),
