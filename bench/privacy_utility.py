@@ -72,7 +72,7 @@ def base_config(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 def _cell_config(args: argparse.Namespace, method: str, epsilon: float,
                  seed: int) -> dict[str, Any]:
     tree = base_config(args, seed)
-    tree["method"] = {"name": method, **METHODS[method]}
+    tree["method"] = {"name": method, method: METHODS[method]}
     if math.isfinite(epsilon):
         tree["dp"] = {"mode": "sample", "target_epsilon": epsilon, "delta": args.delta,
                       "max_grad_norm": args.clip, "accountant": args.accountant,

@@ -5,9 +5,10 @@ A config file has one table per concern::
     [experiment]   name, seed, out_dir
     [model]        backbone, max_length, image_size
     [data]         dataset, partitioner, num_clients, alpha, ...
-    [method]       name + the method's own parameters (r, alpha, num_tokens, ...)
+    [method]       name = the tuning method; [method.<name>] its parameters
+                   ([method.lora] r, alpha; [method.prompt] num_tokens; ...)
     [federation]   rounds, clients_per_round, min_replies, ...
-    [train]        local_epochs, batch_size, lr, ...
+    [train]        local_epochs, batch_size, lr ("auto": securefed.defaults), ...
     [capture]      round, client_index (save one client's reply for attack evaluation)
     [secure]       mode = none | secagg | ckks, clipping range, ... (securefed.config_secure)
     [dp]           mode = none | sample (DP-SGD), epsilon, delta, budget (securefed.config_dp)
@@ -22,8 +23,16 @@ combination that cannot work (more clients per round than clients, alpha <= 0,
 rank <= 0) fails here, before any training starts. No component receives the whole
 tree: each gets only its own table.
 
+A config may hold parameter tables for several methods (``[method.lora]``,
+``[method.prompt]``, ...); only the chosen method's table is checked, by that method's
+own dataclass, so ``--set method.name=bitfit`` works on any config. Sub-table names must
+be registered methods; a parameter directly under ``[method]`` is an error saying which
+table it belongs in. ``[train] lr = "auto"`` (the default) is resolved when the config
+is built, from :mod:`securefed.defaults` for the method and the backbone's family;
+``lr_source`` records where the number came from.
+
 The same tree travels to Flower as a flat ``run_config`` with dotted keys
-(``"method.r" = 8``), see :func:`to_flat` and :func:`from_flat`.
+(``"method.lora.r" = 8``), see :func:`to_flat` and :func:`from_flat`.
 """
 
 from __future__ import annotations
@@ -40,9 +49,10 @@ from securefed.config_dp import DPConfig
 from securefed.config_report import ReportConfig
 from securefed.config_secure import SecureConfig
 from securefed.config_user_dp import UserDPConfig
-from securefed.exceptions import ConfigError
+from securefed.exceptions import ConfigError, UnknownNameError
 
 __all__ = [
+    "AUTO",
     "CaptureConfig",
     "DPConfig",
     "DataConfig",
@@ -122,17 +132,41 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """``[method]``: the tuning method's name and its own parameters.
+    """``[method]``: the tuning method's name and the parameter tables of methods.
 
-    The parameters are checked by the method's frozen config dataclass (see
-    :func:`securefed.methods.create_method`), which names any unknown one.
+    ``tables`` maps a method name to its parameters (``[method.lora] r = 8``). Every key
+    of ``tables`` must be a registered method; only the chosen method's table is
+    checked, by that method's frozen config dataclass (see
+    :func:`securefed.methods.create_method`), which names any unknown parameter. The
+    other tables are kept as they are, so switching ``name`` needs no other edit.
     """
 
     name: str = "lora"
-    params: Mapping[str, Scalar | list[str]] = field(default_factory=dict)
+    tables: Mapping[str, Mapping[str, Scalar | list[str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "method", "name", self.name, "must be non-empty")
+        from securefed.methods import METHODS, create_method
+
+        METHODS.get(self.name)  # UnknownNameError listing the registered methods
+        for table, values in self.tables.items():
+            if table not in METHODS:
+                raise ConfigError(f"[method.{table}] names no tuning method; valid methods: "
+                                  f"{', '.join(METHODS.names())}")
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"[method.{table}] must be a table, got "
+                                  f"{type(values).__name__}")
+        try:
+            create_method(self.name, **self.params)
+        except UnknownNameError:
+            raise
+        except ConfigError as err:
+            raise ConfigError(f"[method.{self.name}] {err}") from err
+
+    @property
+    def params(self) -> dict[str, Scalar | list[str]]:
+        """The chosen method's parameters (its ``[method.<name>]`` table, or none)."""
+        return dict(self.tables.get(self.name, {}))
 
 
 PAYLOAD_FORMS = ("native", "dense")
@@ -173,17 +207,33 @@ class FederationConfig:
         return self.min_replies or self.clients_per_round
 
 
+#: ``[train] lr = "auto"``: take the rate from :mod:`securefed.defaults`.
+AUTO: Any = "auto"
+#: ``lr_source`` of a rate written in the config (rather than resolved from "auto").
+LR_FROM_CONFIG = "config"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """``[train]``: local optimisation on each client."""
+    """``[train]``: local optimisation on each client.
+
+    ``lr`` is ``"auto"`` or a float. :class:`ExperimentConfig` resolves ``"auto"`` to
+    the default of its method and backbone family (:mod:`securefed.defaults`), so
+    ``config.train.lr`` is always a float there, and sets ``lr_source``: ``"config"``
+    for a rate the config gave, ``"auto: ..."`` (the pair, the paper, the measurement)
+    for a resolved one. ``lr_source`` is derived, never trusted: a file that carries a
+    resolved rate with its ``"auto: ..."`` source is read as ``"auto"`` again if the
+    rate still equals the default, and as a rate from the config otherwise.
+    """
 
     local_epochs: int = 1
     batch_size: int = 16
     eval_batch_size: int = 64
-    lr: float = 5e-4
+    lr: float = AUTO
     weight_decay: float = 0.0
     max_steps: int = 0
     torch_threads: int = 0
+    lr_source: str = ""
 
     def __post_init__(self) -> None:
         t = "train"
@@ -191,11 +241,18 @@ class TrainConfig:
         _require(self.batch_size >= 1, t, "batch_size", self.batch_size, "must be >= 1")
         _require(self.eval_batch_size >= 1, t, "eval_batch_size", self.eval_batch_size,
                  "must be >= 1")
-        _require(self.lr > 0, t, "lr", self.lr, "must be > 0")
+        if self.lr != AUTO:
+            _require(isinstance(self.lr, int | float) and not isinstance(self.lr, bool)
+                     and self.lr > 0, t, "lr", self.lr, 'must be > 0, or "auto"')
         _require(self.weight_decay >= 0, t, "weight_decay", self.weight_decay, "must be >= 0")
         _require(self.max_steps >= 0, t, "max_steps", self.max_steps, ">= 0 (0 = no cap)")
         _require(self.torch_threads >= 0, t, "torch_threads", self.torch_threads,
                  ">= 0 (0 = torch default)")
+
+    @property
+    def lr_is_auto(self) -> bool:
+        """Whether the rate is (or was resolved from) ``"auto"``."""
+        return self.lr == AUTO or self.lr_source.startswith("auto")
 
 
 @dataclass(frozen=True)
@@ -238,9 +295,7 @@ def _build_table(cls: type[C], table: str, values: Mapping[str, Any]) -> C:
     if not isinstance(values, Mapping):
         raise ConfigError(f"[{table}] must be a table, got {type(values).__name__}")
     if cls is MethodConfig:
-        values = dict(values)
-        name = values.pop("name", MethodConfig.name)
-        return MethodConfig(name=name, params=values)  # type: ignore[return-value]
+        return _build_method(values)  # type: ignore[return-value]
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key in values:
         if key not in fields:
@@ -254,8 +309,33 @@ def _build_table(cls: type[C], table: str, values: Mapping[str, Any]) -> C:
     return cls(**kwargs)
 
 
+def _build_method(values: Mapping[str, Any]) -> MethodConfig:
+    """``[method]``: ``name`` plus one sub-table per method; no loose parameters."""
+    name = values.get("name", MethodConfig.name)
+    if not isinstance(name, str):
+        raise ConfigError(f"[method] name = {name!r} has the wrong type; expected str")
+    tables: dict[str, Mapping[str, Any]] = {}
+    for key, value in values.items():
+        if key == "name":
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"[method] {key} = {value!r}: method parameters live in the method's own "
+                f"table; move it to [method.{name}] (on the command line: "
+                f"--set method.{name}.{key}=...)"
+            )
+        tables[key] = dict(value)
+    MethodConfig(name=name, tables=tables)  # checks every table's name
+    # An empty table is no table (the flat run_config form cannot carry one).
+    return MethodConfig(name=name, tables={k: v for k, v in tables.items() if v})
+
+
 def _coerce(table: str, key: str, value: Any, default: Any) -> Any:
     """Check a scalar against its default's type (int widens to float)."""
+    if (table, key) == ("train", "lr"):  # a float, or "auto"
+        if value == AUTO:
+            return value
+        default = 0.0
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
@@ -268,10 +348,9 @@ def _coerce(table: str, key: str, value: Any, default: Any) -> Any:
     else:
         ok = True
     if not ok:
-        raise ConfigError(
-            f"[{table}] {key} = {value!r} has the wrong type; expected "
-            f"{type(default).__name__}"
-        )
+        expected = 'float or "auto"' if (table, key) == ("train", "lr") else (
+            type(default).__name__)
+        raise ConfigError(f"[{table}] {key} = {value!r} has the wrong type; expected {expected}")
     return value
 
 
@@ -292,6 +371,7 @@ class ExperimentConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "train", _resolve_lr(self))
         fed, data = self.federation, self.data
         if self.capture.round > fed.rounds:
             raise ConfigError(f"[capture] round = {self.capture.round} exceeds "
@@ -332,10 +412,24 @@ class ExperimentConfig:
         for table in _TABLES:
             obj = getattr(self, table)
             if isinstance(obj, MethodConfig):
-                out[table] = {"name": obj.name, **dict(obj.params)}
+                out[table] = {"name": obj.name,
+                              **{m: dict(params) for m, params in obj.tables.items()}}
             else:
                 out[table] = dataclasses.asdict(obj)
         return out
+
+
+def _resolve_lr(config: ExperimentConfig) -> TrainConfig:
+    """``[train]`` with ``lr`` a float and ``lr_source`` saying where it came from."""
+    train = config.train
+    if not train.lr_is_auto:
+        return dataclasses.replace(train, lr_source=LR_FROM_CONFIG)
+    from securefed.defaults import resolve_lr
+
+    lr, source = resolve_lr(config.method.name, config.model.backbone)
+    if train.lr != AUTO and train.lr != lr:  # a resolved rate edited since: the config's
+        return dataclasses.replace(train, lr_source=LR_FROM_CONFIG)
+    return dataclasses.replace(train, lr=lr, lr_source=source)
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -350,22 +444,45 @@ def load_config(path: str | Path) -> ExperimentConfig:
     return ExperimentConfig.from_dict(tree)
 
 
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def to_flat(config: ExperimentConfig) -> dict[str, Any]:
-    """Flatten to Flower ``run_config`` form: ``{"table.key": value}``."""
-    return {
-        f"{table}.{key}": value
-        for table, values in config.to_dict().items()
-        for key, value in values.items()
-    }
+    """Flatten to Flower ``run_config`` form: ``{"table.key": value}``.
+
+    Sub-tables add a level: ``"method.lora.r" = 8``.
+    """
+    return _flatten(config.to_dict())
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``"a.b.c"``, creating the tables on the way."""
+    *tables, key = dotted.split(".")
+    node = tree
+    for name in tables:
+        child = node.setdefault(name, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {dotted!r}: {name!r} is a value, not a table")
+        node = child
+    if isinstance(node.get(key), dict):
+        raise ConfigError(f"config key {dotted!r} names a table, not a value")
+    node[key] = value
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    tree: dict[str, dict[str, Any]] = {}
+    tree: dict[str, Any] = {}
     for dotted, value in flat.items():
-        table, sep, key = dotted.partition(".")
-        if not sep or not key:
+        parts = dotted.split(".")
+        if len(parts) < 2 or not all(parts):
             raise ConfigError(f"config key {dotted!r} must look like 'table.key'")
-        tree.setdefault(table, {})[key] = value
+        _set_path(tree, dotted, value)
     return tree
 
 
@@ -385,19 +502,27 @@ def _parse_value(text: str) -> Any:
 def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
     """Apply ``table.key=value`` overrides (``--set``) and re-validate.
 
+    A key may go one table deeper (``method.lora.r=4``). A learning rate that was
+    resolved from ``"auto"`` is resolved again after the overrides, so
+    ``--set model.backbone=dinov2-s`` picks the vision default.
+
     Raises
     ------
     ConfigError
         If an override is not of the form ``table.key=value`` or names an unknown key.
     """
     tree = config.to_dict()
+    if config.train.lr_is_auto:
+        tree["train"]["lr"] = AUTO
+    tree["train"].pop("lr_source", None)
     for item in overrides:
         dotted, sep, raw = item.partition("=")
-        table, dot, key = dotted.strip().partition(".")
-        if not sep or not dot or not key:
+        dotted = dotted.strip()
+        table, dot, key = dotted.partition(".")
+        if not sep or not dot or not key or not all(dotted.split(".")):
             raise ConfigError(f"override {item!r} must look like 'table.key=value'")
         if table not in _TABLES:
             raise ConfigError(f"unknown table [{table}] in override {item!r}; valid tables: "
                               f"{', '.join(_TABLES)}")
-        tree[table][key] = _parse_value(raw.strip())
+        _set_path(tree, dotted, _parse_value(raw.strip()))
     return ExperimentConfig.from_dict(tree)

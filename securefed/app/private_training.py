@@ -70,7 +70,7 @@ def check_dp_method(config: ExperimentConfig, modality: str) -> None:
     ------
     ConfigError
         For ``ia3`` and text ``prompt``, or ``full`` without frozen embeddings (Opacus
-        fails on BERT's embeddings; set ``[method] freeze_embeddings = true``).
+        fails on BERT's embeddings; set ``[method.full] freeze_embeddings = true``).
     """
     if not config.dp.enabled:
         return
@@ -81,7 +81,7 @@ def check_dp_method(config: ExperimentConfig, modality: str) -> None:
                           "for it. Use lora, ffa-lora, federa, bitfit, head, adapter, prefix, "
                           "prompt (images) or full with freeze_embeddings = true")
     if name == "full" and not config.method.params.get("freeze_embeddings", False):
-        raise ConfigError("[dp] with method 'full' needs [method] freeze_embeddings = true "
+        raise ConfigError("[dp] with method 'full' needs [method.full] freeze_embeddings = true "
                           "(Opacus fails on the embedding layers)")
 
 

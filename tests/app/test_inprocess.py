@@ -129,17 +129,16 @@ def test_minilm_real_weights_few_samples(tmp_path) -> None:
 
 @pytest.mark.parametrize(("set_", "error", "match"), [
     ({"method": {"name": "lorra"}}, UnknownNameError, r"unknown tuning method 'lorra'.*lora"),
-    ({"method": {"name": "lora", "rank": 4}}, ConfigError, r"rank"),
-    ({"method": {"name": "lora", "r": 0}}, ConfigError, r"\br\b"),
+    ({"method": {"name": "lora", "lora": {"rank": 4}}}, ConfigError, r"rank"),
+    ({"method": {"name": "lora", "lora": {"r": 0}}}, ConfigError, r"\br\b"),
     ({"data": {"dataset": "bbc-newz"}}, UnknownNameError, r"bbc-news"),
     ({"data": {"partitioner": "dirichlett"}}, UnknownNameError, r"dirichlet"),
     ({"model": {"backbone": "someorg/not-a-model"}}, OfflineError, r"minilm-l6"),
 ])
 def test_preflight_rejects_bad_names_before_anything_runs(tiny_backbones, tmp_path, set_,
                                                           error, match) -> None:
-    cfg = tiny_config(tiny_backbones["bert"], tmp_path, **set_)
-    with pytest.raises(error, match=match):
-        preflight(cfg)
+    with pytest.raises(error, match=match):  # method names and parameters: when built
+        preflight(tiny_config(tiny_backbones["bert"], tmp_path, **set_))
 
 
 def test_capture_saves_one_clients_real_reply(tiny_backbones, tmp_path) -> None:
