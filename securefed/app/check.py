@@ -9,23 +9,29 @@ adapter (no Flower, no Ray, no training), and otherwise returns a
 
 1. **Resources** (simulation engine only): ``[resources] client_cpus`` no more than
    the CPUs Ray will see (else Ray's actor pool is empty), ``client_gpus > 0`` only
-   with that many CUDA devices visible to torch.
-2. **Plug-ins**: the tuning method and its parameters, the secure-aggregation
-   wrapper against the method, ``[user_dp]`` against ``[secure]``, the partitioner,
-   the backbone (offline aliases), DP-SGD against the method, the dataset.
-3. **Modality**: a text backbone needs a text dataset, an image backbone an image one.
-4. **Partitions**: the real partitioning (flwr-datasets, the run's seed) of the train
+   with that many CUDA devices visible to torch. (``client_cpus >= 1`` and the
+   replies a round needs against ``clients_per_round`` and ``num_clients`` are
+   checked when the config is built.)
+2. **Replies under Poisson sampling**: under ``[user_dp] sampling = "poisson"`` a
+   round draws ``Binomial(num_clients, q)`` clients; a run whose probability of
+   drawing fewer than a round needs, in some round, exceeds :data:`MAX_SHORTFALL`
+   is refused.
+3. **User-level DP**: the noise multiplier for ``target_epsilon`` exists
+   (:func:`~securefed.app.plan.user_dp_plan`).
+4. **Plug-ins**: the tuning method and its parameters, the secure-aggregation
+   wrapper against the method and ``clients_per_round`` (overflow, ``k``, ``t``),
+   ``[user_dp]`` against ``[secure]``, the partitioner, the backbone (offline
+   aliases), DP-SGD against the method, the dataset; then the SecAgg+ setup against
+   the floors the simulated nodes keep (at least 3 clients a round, ``k >= 2``,
+   ``t >= 2``, ``bits >= 16``).
+5. **Modality**: a text backbone needs a text dataset, an image backbone an image one.
+6. **Partitions**: the real partitioning (flwr-datasets, the run's seed) of the train
    split after ``test_fraction`` and ``max_train`` gives each of ``num_clients``
    clients at least ``min_partition_size`` examples and at least one train example
    after ``val_fraction``.
-5. **Replies**: SecAgg+ needs the node floors the simulated nodes keep (at least 3
-   clients a round, ``k >= 2``, ``t >= 2``, ``bits >= 16``); under ``[user_dp]``
-   Poisson sampling a round draws ``Binomial(num_clients, q)`` clients, and a run
-   whose probability of drawing fewer than the replies it needs exceeds
-   :data:`MAX_SHORTFALL` is refused.
-6. **Plan**: payload sizes, SecAgg+/CKKS sizing, the DP-SGD and user-level DP
-   schedules (:mod:`securefed.app.plan`), which refuse targets that cannot be met and
-   budgets the schedule would exceed.
+7. **Plan**: payload sizes, SecAgg+/CKKS sizing and the DP-SGD schedule
+   (:mod:`securefed.app.plan`), which refuses a target no sigma reaches and a budget
+   that refuses the first round.
 
 The plan :func:`check_config` returns is memoised per config and engine (the resource
 check still runs every time), so the launcher's own call after the CLI's costs nothing.
@@ -97,7 +103,9 @@ def _check_resources(config: ExperimentConfig, engine: str) -> int | None:
 def _check_plugins(config: ExperimentConfig) -> tuple[str, ClassificationData]:
     """Method, secure wrapper, user-level DP, partitioner, backbone, DP-SGD, dataset.
 
-    Returns the backbone's modality and the dataset.
+    Returns the backbone's modality and the dataset. ``check_user_dp`` runs after
+    :func:`~securefed.app.plan.user_dp_plan` (see :func:`check_config`), so that an
+    unreachable user-level target is named as such.
     """
     from securefed.app.central_dp import check_user_dp
     from securefed.app.runtime import build_method, dataset_for
@@ -185,45 +193,53 @@ def _binom_below(n: int, q: float, m: int) -> float:
     return float(binom.cdf(m - 1, n, q)) if m > 0 else 0.0
 
 
-def _check_replies(config: ExperimentConfig) -> None:
-    """SecAgg+ node floors; Poisson draws against the replies a round needs."""
+def _check_secagg_floors(config: ExperimentConfig) -> None:
+    """The SecAgg+ setup the server will propose against the nodes' default floors."""
+    fed, s = config.federation, config.secure
+    if s.mode != "secagg":
+        return
+    from securefed.secagg.floors import SecAggFloors
+    from securefed.secagg.messages import make_config
+
+    floors = SecAggFloors()  # what simulated and in-process nodes keep
+    proposal = make_config(fed.clients_per_round, 1, s.clipping_range, s.bits,
+                           degree=s.degree or None, threshold=s.threshold or None)
+    try:
+        floors.check(proposal)
+    except SecurefedError as exc:
+        raise ConfigError(
+            f"[secure] mode = 'secagg' with [federation] clients_per_round = "
+            f"{fed.clients_per_round}, bits = {s.bits}: every node would refuse the setup "
+            f"({exc}); SecAgg+ nodes need >= {floors.min_clients} clients a round, k >= "
+            f"{floors.min_degree}, t >= {floors.min_threshold}, bits >= {floors.min_bits}"
+        ) from None
+
+
+def _check_poisson(config: ExperimentConfig) -> None:
+    """Under Poisson client sampling, a run must rarely draw fewer clients than a round
+    needs (``required_replies``, and SecAgg+'s 3 or CKKS's 2)."""
     from securefed.app.central_dp import adapter_options
 
-    fed, s = config.federation, config.secure
-    if s.mode == "secagg":
-        from securefed.secagg.floors import SecAggFloors
-        from securefed.secagg.messages import make_config
-
-        floors = SecAggFloors()  # what simulated and in-process nodes keep
-        proposal = make_config(fed.clients_per_round, 1, s.clipping_range, s.bits,
-                               degree=s.degree or None, threshold=s.threshold or None)
-        try:
-            floors.check(proposal)
-        except SecurefedError as exc:
-            raise ConfigError(
-                f"[secure] mode = 'secagg' with [federation] clients_per_round = "
-                f"{fed.clients_per_round}, bits = {s.bits}: every node would refuse the "
-                f"setup ({exc}); SecAgg+ nodes need >= {floors.min_clients} clients a round, "
-                f"k >= {floors.min_degree}, t >= {floors.min_threshold}, bits >= "
-                f"{floors.min_bits}") from None
+    fed = config.federation
     population = adapter_options(config).get("poisson_population", 0)
     if not population:
         return
     q = fed.clients_per_round / population
-    need = max(fed.required_replies, {"secagg": 3, "ckks": 2}.get(s.mode, 1))
-    per_round = _binom_below(population, q, need)
-    run = 1 - (1 - per_round) ** fed.rounds
-    if run > MAX_SHORTFALL:
+    need = max(fed.required_replies, {"secagg": 3, "ckks": 2}.get(config.secure.mode, 1))
+
+    def run_shortfall(m: int) -> float:
+        return 1 - (1 - _binom_below(population, q, m)) ** fed.rounds
+
+    if run_shortfall(need) > MAX_SHORTFALL:
         ok = max((m for m in range(1, fed.clients_per_round + 1)
-                  if 1 - (1 - _binom_below(population, q, m)) ** fed.rounds <= MAX_SHORTFALL),
-                 default=0)
+                  if run_shortfall(m) <= MAX_SHORTFALL), default=0)
         hint = f"set [federation] min_replies <= {ok}" if ok else "raise clients_per_round"
         raise ConfigError(
             f"[federation] min_replies = {fed.min_replies} (a round needs {need} replies) "
             f"under [user_dp] sampling = 'poisson': each of {population} clients joins a "
             f"round with q = {q:g}, so one of {fed.rounds} rounds draws fewer with "
-            f"probability {run:.2f} (> {MAX_SHORTFALL:g}) and ends the run; {hint}, or use "
-            "[user_dp] sampling = 'fixed'")
+            f"probability {run_shortfall(need):.2f} (> {MAX_SHORTFALL:g}) and ends the run; "
+            f"{hint}, or use [user_dp] sampling = 'fixed'")
 
 
 def _seeds(config: ExperimentConfig) -> dict[str, Any]:
@@ -268,10 +284,12 @@ def check_config(config: ExperimentConfig, *, engine: str = "simulation") -> Run
     key = _key(config, engine)
     if key in _PLANS:
         return _PLANS[key]
+    _check_poisson(config)
+    user_dp = user_dp_plan(config)
     modality, data = _check_plugins(config)
+    _check_secagg_floors(config)
     _check_modality(config, modality, data)
     train, val = partition_sizes(config, data)
-    _check_replies(config)
     payload = payload_plan(config)
     secure = secure_plan(config, payload["payload_values"])
     fed = config.federation
@@ -288,7 +306,7 @@ def check_config(config: ExperimentConfig, *, engine: str = "simulation") -> Run
         payload_values=payload["payload_values"], payload_bytes=payload["payload_bytes"],
         bytes_up=int(secure.pop("bytes_up", payload["payload_bytes"])),
         bytes_down=payload["payload_bytes"], secure=secure,
-        dp=sample_dp_plan(config, train), user_dp=user_dp_plan(config),
+        dp=sample_dp_plan(config, train), user_dp=user_dp,
         seeds=_seeds(config))
     if len(_PLANS) >= 16:
         _PLANS.pop(next(iter(_PLANS)))
