@@ -2,8 +2,10 @@
 
 Commands
 --------
-``securefed run CONFIG [--out DIR] [--set table.key=value ...] [--engine ...]``
+``securefed run CONFIG [--out DIR] [--set table.key=value ...] [--engine ...] [--dry-run]``
     Run a federated experiment (Flower simulation engine by default).
+``securefed check CONFIG [--set ...] [--num-cpus N] [--num-gpus G] [--json]``
+    Every check a run makes before it starts; prints the resolved config and the plan.
 ``securefed methods [--backbone ALIAS] [--json]``
     List tuning methods with trainable-parameter and payload sizes.
 ``securefed backbones`` / ``securefed datasets``
@@ -29,7 +31,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from securefed.config import apply_overrides, load_config
 from securefed.exceptions import SecurefedError
 from securefed.report.console import err, fail
 from securefed.report.console import out as console
@@ -51,22 +52,32 @@ def run(
     engine: Annotated[str, typer.Option(
         help="simulation (Flower's engine) or inprocess (same apps, no Flower processes)."
     )] = "simulation",
-    num_cpus: Annotated[int, typer.Option(help="CPUs per virtual client (Ray).")] = 2,
+    num_cpus: Annotated[int | None, typer.Option(
+        help="CPUs per virtual client ([resources] client_cpus, default 2).")] = None,
+    num_gpus: Annotated[float | None, typer.Option(
+        help="GPUs per virtual client ([resources] client_gpus, default 0).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check and print the plan as `securefed check`; start nothing.")
+    ] = False,
 ) -> None:
     """Run a federated experiment and write its run directory."""
+    from securefed.app.check_cli import resolve_config, show_plan
     from securefed.app.launcher import preflight, run_inprocess, run_simulation
     from securefed.report.progress import round_progress
 
     try:
         if engine not in ENGINES:
             raise SecurefedError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
-        cfg = apply_overrides(load_config(config), list(set_ or []))
-        preflight(cfg)
+        cfg = resolve_config(config, set_, num_cpus, num_gpus)
+        plan = preflight(cfg, engine=engine)
+        if dry_run:
+            show_plan(cfg, plan)
+            return
         run_dir = (out or Path(cfg.experiment.out_dir)).resolve()
         err.print(f"run directory: {run_dir}")
         with round_progress(run_dir, cfg.federation.rounds, console=err):
             if engine == "simulation":
-                summary = run_simulation(cfg, run_dir, num_cpus=num_cpus)
+                summary = run_simulation(cfg, run_dir)
             else:
                 summary = run_inprocess(cfg, run_dir)
     except SecurefedError as exc:
@@ -126,10 +137,12 @@ def datasets() -> None:
 
 def _mount_subcommands() -> None:
     from securefed.adapter_cli import evaluate, predict
+    from securefed.app.check_cli import check
     from securefed.privacy.cli import privacy_app
     from securefed.report.cli import report
     from securefed.secagg.cli import secagg_app
 
+    app.command()(check)
     app.add_typer(privacy_app, name="privacy")
     app.add_typer(secagg_app, name="secagg")
     for command in (report, evaluate, predict):

@@ -16,6 +16,8 @@ A config file has one table per concern::
                    (securefed.config_user_dp)
     [report]       client_stats = auto | clear | off | noised | secure-sum: what
                    per-client statistics leave a client (securefed.config_report)
+    [resources]    client_cpus, client_gpus per virtual client of Flower's simulation
+                   engine (securefed.config_resources)
 
 Every table is a frozen dataclass validated in ``__post_init__``; an unknown key is a
 :class:`~securefed.exceptions.ConfigError` naming it and listing the valid keys, and a
@@ -47,6 +49,7 @@ from typing import Any, TypeVar
 from securefed.config_check import require as _require
 from securefed.config_dp import DPConfig
 from securefed.config_report import ReportConfig
+from securefed.config_resources import ResourcesConfig
 from securefed.config_secure import SecureConfig
 from securefed.config_user_dp import UserDPConfig
 from securefed.exceptions import ConfigError, UnknownNameError
@@ -62,6 +65,7 @@ __all__ = [
     "MethodConfig",
     "ModelConfig",
     "ReportConfig",
+    "ResourcesConfig",
     "SecureConfig",
     "TrainConfig",
     "UserDPConfig",
@@ -286,6 +290,7 @@ _TABLES: dict[str, type] = {
     "dp": DPConfig,
     "user_dp": UserDPConfig,
     "report": ReportConfig,
+    "resources": ResourcesConfig,
 }
 
 C = TypeVar("C")
@@ -369,6 +374,7 @@ class ExperimentConfig:
     dp: DPConfig = field(default_factory=DPConfig)
     user_dp: UserDPConfig = field(default_factory=UserDPConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", _resolve_lr(self))

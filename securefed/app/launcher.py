@@ -20,6 +20,7 @@ owns every process it starts:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import tomli_w
@@ -37,6 +38,9 @@ import tomli_w
 from securefed.app.nodes import NODE_CONFIG_DIR_ENV, prepare_node_configs
 from securefed.config import ExperimentConfig
 from securefed.exceptions import SecurefedError
+
+if TYPE_CHECKING:
+    from securefed.app.plan import RunPlan
 
 __all__ = ["RunFailedError", "preflight", "run_inprocess", "run_simulation", "stop_process_group"]
 
@@ -210,29 +214,16 @@ def _superlink(run_dir: Path, env: dict[str, str], *, simulation: bool = True) -
         stop_process_group(proc)
 
 
-def preflight(config: ExperimentConfig) -> None:
-    """Fail before any process starts on an unknown or unusable plug-in name.
+def preflight(config: ExperimentConfig, *, engine: str = "simulation") -> RunPlan:
+    """Every check before any process starts (:func:`securefed.app.check.check_config`).
 
-    Checks the tuning method and its parameters, the secure-aggregation settings
-    against the method (exactness, overflow bound), the backbone (a hub id while offline
-    raises :class:`~securefed.exceptions.OfflineError`), the dataset and the
-    partitioner, so that a typo never costs a Flower start-up.
+    Resources, plug-in names, modality, partitions, replies, the secure and the DP
+    plans, so that a typo or an impossible setting never costs a Flower start-up.
+    Returns the run's :class:`~securefed.app.plan.RunPlan`.
     """
-    from securefed.app.central_dp import check_user_dp
-    from securefed.app.runtime import build_method, dataset_for
-    from securefed.app.secure import check_secure
-    from securefed.data import PARTITIONERS
-    from securefed.models import resolve_backbone
+    from securefed.app.check import check_config
 
-    check_secure(config, build_method(config))
-    check_user_dp(config)
-    PARTITIONERS.get(config.data.partitioner)
-    backbone = resolve_backbone(config.model.backbone)
-    if config.dp.enabled:
-        from securefed.app.private_training import check_dp_method
-
-        check_dp_method(config, backbone.architecture.modality)
-    dataset_for(config.data, config.experiment.seed)
+    return check_config(config, engine=engine)
 
 
 def _node_config_dir(config: ExperimentConfig, run_dir: Path) -> str:
@@ -248,7 +239,7 @@ def run_simulation(
     run_dir: Path,
     *,
     on_line: Callable[[str], None] | None = None,
-    num_cpus: int = 2,
+    num_cpus: int | None = None,
     timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` on Flower's simulation engine; return the run's summary.
@@ -261,8 +252,9 @@ def run_simulation(
         Output directory; receives ``config.toml``, Flower logs and all run outputs.
     on_line : callable, optional
         Called with every line Flower prints (for progress display).
-    num_cpus : int
-        CPUs Ray reserves per virtual client (2 on a 2-core machine = one at a time).
+    num_cpus : int, optional
+        CPUs Ray reserves per virtual client; overrides ``[resources] client_cpus``
+        (2 on a 2-core machine = one at a time). GPUs: ``[resources] client_gpus``.
     timeout_s : float, optional
         Stop everything and fail after this many seconds.
 
@@ -272,6 +264,9 @@ def run_simulation(
         If Flower exits without a completed ``summary.json``; the message holds the
         tail of ``flower.log``.
     """
+    if num_cpus is not None:
+        config = dataclasses.replace(config, resources=dataclasses.replace(
+            config.resources, client_cpus=num_cpus))
     preflight(config)
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -286,8 +281,10 @@ def run_simulation(
     log_path = run_dir / FLOWER_LOG
     with _terminate_as_interrupt(), _superlink(run_dir, env) as port:
         _write_connection(flwr_home, port)
+        res = config.resources
         federation = (f"num-supernodes={config.data.num_clients} "
-                      f"client-resources-num-cpus={num_cpus} client-resources-num-gpus=0.0")
+                      f"client-resources-num-cpus={res.client_cpus} "
+                      f"client-resources-num-gpus={float(res.client_gpus)}")
         cmd = [_bin("flwr"), "run", str(app_dir), "securefed", "--stream",
                "--federation-config", federation]
         with log_path.open("w", encoding="utf-8") as log:
@@ -335,7 +332,7 @@ def run_inprocess(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     from securefed.app.grid import InProcessGrid
     from securefed.app.server_app import run_server
 
-    preflight(config)
+    preflight(config, engine="inprocess")
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "config.toml"
