@@ -241,7 +241,11 @@ class AdapterFedAvg(FedAvg):
         """``k`` node ids: partition ids drawn with ``rng``, mapped to their nodes."""
         partitions = self.identities.wait_for(grid, k, self.node_wait_s)
         self._announce()
-        return [self.identities.node_of(p) for p in draw_fixed(self.rng, partitions, k)]
+        return self._nodes(draw_fixed(self.rng, partitions, k))
+
+    def _nodes(self, partitions: list[int]) -> list[int]:
+        node_of = {p: n for n, p in self.identities.partitions().items()}
+        return [node_of[p] for p in partitions]
 
     def _announce(self) -> None:
         """Tell the observer the node -> partition map when it changed."""
@@ -264,7 +268,7 @@ class AdapterFedAvg(FedAvg):
                 f"round {server_round}: Poisson sampling (q = {q:.3g}) drew {len(chosen)} "
                 f"clients, fewer than min_replies = {self.min_replies}; lower [federation] "
                 "min_replies or raise clients_per_round")
-        return [self.identities.node_of(p) for p in chosen]
+        return self._nodes(chosen)
 
     def _messages(self, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int],
                   message_type: str, server_round: int) -> list[Message]:
