@@ -103,8 +103,9 @@ class NodeIdentities:
         Valid partition ids are ``0 .. num_partitions - 1`` (``[data] num_clients``);
         None accepts any int >= 0.
     query_timeout : float
-        Seconds to wait for identify replies in one exchange; a node that does not
-        answer in time is asked again at the next :meth:`refresh`.
+        Seconds to wait for identify replies in one exchange. A node that does not
+        answer in time is asked again only while too few nodes can be used
+        (:meth:`wait_for`), so a dead node costs one timeout, not one per round.
     """
 
     def __init__(self, num_partitions: int | None = None, *, query_timeout: float = 60.0
@@ -116,32 +117,37 @@ class NodeIdentities:
         self.query_timeout = query_timeout
         self._claims: dict[int, Identity] = {}
         self._invalid: dict[int, str] = {}
+        self._silent: set[int] = set()  # asked, no answer yet
         self._connected: list[int] = []
         self.revision = 0  # bumped whenever the usable map or the exclusions change
         self._last: tuple[dict[int, int], dict[int, str]] = ({}, {})
 
     # ------------------------------------------------------------- discovery
-    def refresh(self, grid: Grid) -> None:
-        """Ask every connected node that has not answered yet who it is."""
+    def refresh(self, grid: Grid, *, retry_silent: bool = False) -> None:
+        """Ask every connected node that has not answered yet who it is (nodes that
+        were asked before and stayed silent only with ``retry_silent``)."""
         self._connected = sorted(int(n) for n in grid.get_node_ids())
         unknown = [n for n in self._connected if n not in self._claims
-                   and n not in self._invalid]
+                   and n not in self._invalid and (retry_silent or n not in self._silent)]
         if unknown:
+            self._silent.update(unknown)
             msgs = [Message(content=RecordDict(), message_type=IDENTIFY_MESSAGE_TYPE,
                             dst_node_id=n, group_id="identify") for n in unknown]
             for reply in grid.send_and_receive(msgs, timeout=self.query_timeout):
                 self._record(reply, set(unknown))
         current = (self.partitions(), self.excluded())
         if current != self._last:
+            for node, reason in current[1].items():
+                if self._last[1].get(node) != reason:
+                    log.warning("node %d excluded: %s", node, reason)
             self._last = current
             self.revision += 1
-            for node, reason in current[1].items():
-                log.warning("node %d excluded: %s", node, reason)
 
     def _record(self, reply: Message, asked: set[int]) -> None:
         node = int(reply.metadata.src_node_id)
         if node not in asked or node in self._claims or node in self._invalid:
             return  # unasked, or a second reply: the first one counts
+        self._silent.discard(node)
         try:
             self._claims[node] = parse_identity(reply, self.num_partitions)
         except PayloadError as exc:
@@ -226,8 +232,10 @@ class NodeIdentities:
             names every excluded node and its reason).
         """
         deadline = time.monotonic() + wait_s
+        retry = False
         while True:
-            self.refresh(grid)
+            self.refresh(grid, retry_silent=retry)
+            retry = True
             usable = self.usable()
             if len(usable) >= k:
                 return usable

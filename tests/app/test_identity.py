@@ -122,6 +122,26 @@ def test_a_hostile_identify_reply_excludes_the_node_with_its_reason(claim, reaso
         ids.wait_for(grid, 4, wait_s=600)  # at once: every connected node has answered
 
 
+def test_a_silent_node_is_asked_again_only_while_too_few_nodes_can_be_used() -> None:
+    asked: list[int] = []
+
+    def silent(msg: Message) -> bool:  # partition 3's node never answers identify
+        if msg.metadata.message_type != IDENTIFY_MESSAGE_TYPE:
+            return False
+        asked.append(msg.metadata.dst_node_id)
+        return msg.metadata.dst_node_id == grid.node_of(3)
+
+    grid = InProcessGrid(register_identify(ClientApp()), 4, {}, drop=silent)
+    ids = NodeIdentities(num_partitions=4)
+    for _ in range(3):  # three rounds' sampling: one exchange, one timeout at most
+        assert ids.wait_for(grid, 3, wait_s=5) == [0, 1, 2]
+    assert asked.count(grid.node_of(3)) == 1 and len(asked) == 4
+    with pytest.raises(AggregationError, match=r"only 3 identified nodes after 1 s "
+                                               r"\(4 connected\); 4 are needed"):
+        ids.wait_for(grid, 4, wait_s=1)
+    assert asked.count(grid.node_of(3)) >= 2  # asked again while it was needed
+
+
 def test_the_strategy_samples_partitions_and_records_exclusions() -> None:
     seen: list[tuple[dict, dict]] = []
 
