@@ -51,6 +51,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from bench.round_time import register_variant
+from securefed.app.identify import register_identify
 from securefed.app.nodes import NODE_CONFIG_DIR_ENV, provision_roster
 from securefed.app.secagg_mod import secagg_mod
 from securefed.secagg.plan import plan
@@ -96,6 +97,10 @@ class TimedStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._before = self._ordered(arrays)
+        core = getattr(self.inner, "inner", self.inner)
+        identities = getattr(core, "identities", None)
+        if identities is not None:  # node discovery (round 1) stays off the clock
+            identities.refresh(grid)
         self.timer.start(server_round)
         return self.inner.configure_train(server_round, arrays, config, grid)
 
@@ -128,7 +133,7 @@ def securefed_client_app(spec: ClientSpec) -> ClientApp:
     """Message-API ``ClientApp(mods=[secagg_mod])`` replying ``spec.reply`` (packed
     format, ``num-examples`` = ``spec.weight``) after ``spec.work``. Closes over
     ``spec`` only (Ray pickles the app into every task)."""
-    app = ClientApp(mods=[secagg_mod])
+    app = register_identify(ClientApp(mods=[secagg_mod]))  # answers query.identify
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -5,7 +5,10 @@ examples, applied to the PEFT payload a client sends (only the trainable adapter
 tensors, keyed by name). Differences from Flower's ``FedAvg``:
 
 * exactly ``clients_per_round`` nodes are sampled each round, from a generator that is
-  passed in (seeded for experiments);
+  passed in (seeded for experiments), **by partition id**: the nodes are identified
+  first (:mod:`strategies.identities`), partition ids are drawn
+  (:mod:`strategies.sampling`) and mapped to node ids, and replies are summed in
+  partition-id order, so a seed gives the same rounds whatever node ids Flower drew;
 * every reply is validated (:mod:`strategies.replies`) *before* it can touch the
   global adapter: its records, a weight that is an int in ``[1, max_weight]``, finite
   scalar metrics, one reply per sampled node, and the payload against the global
@@ -36,8 +39,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from securefed.exceptions import AggregationError, ConfigError, PayloadError
-from securefed.privacy.noise import RandomSource, SeededSource
+from securefed.privacy.noise import RandomSource
 from strategies.aggregate import weighted_mean_by_key, weighted_metric_means
+from strategies.identities import NodeIdentities
 from strategies.records import (
     ARRAYS_KEY,
     content_payload_nbytes,
@@ -54,6 +58,7 @@ from strategies.replies import (
     screen_replies,
 )
 from strategies.round_stats import RoundObserver, TrainRoundStats
+from strategies.sampling import draw_fixed, draw_poisson
 from strategies.validation import PayloadSpec, validate_payload
 
 __all__ = ["AdapterFedAvg", "RoundObserver", "TrainRoundStats"]
@@ -119,6 +124,12 @@ class AdapterFedAvg(FedAvg):
         (``[secure] max_weight``; 1 under user-level DP); anything else is rejected.
     max_eval_weight : int
         The same bound for federated-evaluation replies (validation examples).
+    num_partitions : int, optional
+        Valid partition ids are ``0 .. num_partitions - 1`` (``[data] num_clients``);
+        a node claiming another is excluded (:mod:`strategies.identities`).
+    identities : NodeIdentities, optional
+        The node -> partition map to use (default: a fresh one over
+        ``num_partitions``).
     """
 
     def __init__(
@@ -136,6 +147,8 @@ class AdapterFedAvg(FedAvg):
         sampling_source: RandomSource | None = None,
         max_weight: int = 65536,
         max_eval_weight: int = 2**31 - 1,
+        num_partitions: int | None = None,
+        identities: NodeIdentities | None = None,
     ) -> None:
         for name, bound in (("max_weight", max_weight), ("max_eval_weight", max_eval_weight)):
             if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
@@ -174,6 +187,8 @@ class AdapterFedAvg(FedAvg):
         self.uniform_weights = uniform_weights
         self.max_weight = max_weight
         self.max_eval_weight = max_eval_weight
+        self.identities = identities or NodeIdentities(num_partitions)
+        self._announced = -1
         self.spec: PayloadSpec | None = None
         self._global_sent: dict[str, np.ndarray] = {}
         self.history: list[TrainRoundStats] = []
@@ -223,33 +238,37 @@ class AdapterFedAvg(FedAvg):
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, grid: Grid, k: int) -> list[int]:
-        deadline = time.monotonic() + self.node_wait_s
-        while len(nodes := sorted(grid.get_node_ids())) < k:
-            if time.monotonic() > deadline:
-                raise AggregationError(
-                    f"only {len(nodes)} nodes connected after {self.node_wait_s:.0f} s; "
-                    f"{k} are needed"
-                )
-            log.info("waiting for nodes: %d connected, %d needed", len(nodes), k)
-            time.sleep(1.0)
-        # Flower node ids are unsigned 64-bit: sample positions, not ids.
-        chosen = self.rng.choice(len(nodes), size=k, replace=False)
-        return [nodes[int(i)] for i in chosen]
+        """``k`` node ids: partition ids drawn with ``rng``, mapped to their nodes."""
+        partitions = self.identities.wait_for(grid, k, self.node_wait_s)
+        self._announce()
+        return self._nodes(draw_fixed(self.rng, partitions, k))
+
+    def _nodes(self, partitions: list[int]) -> list[int]:
+        node_of = {p: n for n, p in self.identities.partitions().items()}
+        return [node_of[p] for p in partitions]
+
+    def _announce(self) -> None:
+        """Tell the observer the node -> partition map when it changed."""
+        ids = self.identities
+        hook = getattr(self.observer, "on_identities", None)
+        if hook is not None and ids.revision != self._announced:
+            self._announced = ids.revision
+            hook(ids.partitions(), ids.excluded())
 
     def _sample_train(self, grid: Grid, server_round: int) -> list[int]:
         if not self.poisson_population:
             return self._sample(grid, self.clients_per_round)
-        population = self._sample(grid, self.poisson_population)
+        partitions = self.identities.wait_for(grid, self.poisson_population, self.node_wait_s)
+        self._announce()
         q = self.clients_per_round / self.poisson_population
-        source = self.sampling_source or SeededSource(self.rng)
-        mask = source.poisson_mask(len(population), q)
-        chosen = [n for n, keep in zip(population, mask, strict=True) if keep]
+        chosen = draw_poisson(self.rng, self.sampling_source,
+                              partitions[:self.poisson_population], q)
         if len(chosen) < self.min_replies:
             raise AggregationError(
                 f"round {server_round}: Poisson sampling (q = {q:.3g}) drew {len(chosen)} "
                 f"clients, fewer than min_replies = {self.min_replies}; lower [federation] "
                 "min_replies or raise clients_per_round")
-        return sorted(chosen)
+        return self._nodes(chosen)
 
     def _messages(self, arrays: ArrayRecord, config: ConfigRecord, nodes: list[int],
                   message_type: str, server_round: int) -> list[Message]:
@@ -270,6 +289,7 @@ class AdapterFedAvg(FedAvg):
         self._current = TrainRoundStats(
             server_round=server_round,
             sampled=nodes,
+            partitions={n: self.identities.partition_of(n) for n in nodes},
             bytes_down_per_client=wire_nbytes(record_to_payload(arrays)),
             seconds=time.monotonic(),
         )
@@ -324,6 +344,7 @@ class AdapterFedAvg(FedAvg):
         weights: list[float] = []
         client_metrics: list[dict[str, float]] = []
         kept, screened = screen_replies(replies, stats.sampled)
+        kept.sort(key=lambda item: self.identities.sort_key(item[0]))  # bit-identical sums
         stats.rejected.update(screened)
         for node in screened:
             log.warning("round %d: rejected reply from node %d: %s", server_round, node,
@@ -425,7 +446,7 @@ class AdapterFedAvg(FedAvg):
         """
         stats = self._current or TrainRoundStats(server_round=server_round, sampled=[])
         started = stats.seconds
-        stats.accepted = sorted(contributors)
+        stats.accepted = self.identities.sorted_nodes(contributors)
         for node in stats.sampled:
             if node not in contributors and node not in stats.rejected:
                 stats.rejected[node] = "not in the secure aggregate (dropped out)"
@@ -475,6 +496,7 @@ class AdapterFedAvg(FedAvg):
         values: list[dict[str, float]] = []
         weights: list[float] = []
         kept, rejected = screen_replies(replies, [])
+        kept.sort(key=lambda item: self.identities.sort_key(item[0]))
         for node, msg in kept:
             try:
                 weight, metrics = check_eval_reply(msg, max_weight=self.max_eval_weight)

@@ -2,7 +2,15 @@
 
 :class:`TrainRoundStats` is filled by :class:`strategies.adapter_fedavg.AdapterFedAvg`
 (and the wrappers around it) and handed to a :class:`RoundObserver` (the run recorder,
-the attack harness) after every round.
+the attack harness) after every round. Nodes are named by Flower node id (random in
+every run); ``partitions`` gives each sampled node's partition id, the stable identity
+(:mod:`strategies.identities`).
+
+Optional observer hooks, called when present: ``on_client_metrics(round, node,
+metrics)`` (an accepted reply's DP ledger fields), ``on_identities(partitions,
+excluded)`` (the ``{node: partition id}`` map and ``{node: reason}`` of excluded nodes,
+whenever they change, before the round that uses them) and, under SecAgg+,
+``on_masked_reply``.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ class TrainRoundStats:
 
     server_round: int
     sampled: list[int]
+    #: ``{node id: partition id}`` of the sampled nodes (None: not identified).
+    partitions: dict[int, int | None] = field(default_factory=dict)
     accepted: list[int] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)
     bytes_up: dict[int, int] = field(default_factory=dict)

@@ -4,6 +4,8 @@
 (only the method's trainable tensors, keyed by name) and metrics.
 ``evaluate``: load the global payload and report loss/accuracy on the client's local
 validation split (federated evaluation).
+``query.identify``: say which partition this node serves (:mod:`securefed.app.identify`),
+so the server samples and reports by partition id, not by Flower's random node id.
 
 The experiment config comes from ``context.run_config`` (see
 :func:`securefed.app.settings.config_from_run_config`), the client's partition from
@@ -23,9 +25,10 @@ from flwr.clientapp.typing import Mod
 from securefed.app.ckks_mod import ckks_mod
 from securefed.app.clipping_mod import clipping_mod
 from securefed.app.egress_mod import egress_mod
+from securefed.app.identify import handle_identify, register_identify
 from securefed.app.secagg_mod import secagg_mod
 
-__all__ = ["app", "handle_evaluate", "handle_train"]
+__all__ = ["app", "handle_evaluate", "handle_identify", "handle_train"]
 
 #: Privacy mods, outermost first. ``egress_mod`` is the single exit: every reply passes
 #: it last, and only what the run's allow-list names leaves (securefed.app.egress).
@@ -34,7 +37,7 @@ __all__ = ["app", "handle_evaluate", "handle_train"]
 #: clipped before it is masked or encrypted.
 MODS: list[Mod] = [egress_mod, secagg_mod, ckks_mod, clipping_mod]
 
-app = ClientApp(mods=MODS)
+app = register_identify(ClientApp(mods=MODS))  # query.identify, through MODS
 
 
 def handle_train(msg: Message, context: Context) -> Message:

@@ -1,7 +1,8 @@
 """What may leave a client: one allow-list per mode, in one place.
 
 Every reply a ClientApp sends is one of these **kinds**, named after the message it
-answers: ``train``, ``evaluate``, or ``<protocol>/<stage>`` for a stage of a
+answers: ``identify`` (the discovery query), ``train``, ``evaluate``, or
+``<protocol>/<stage>`` for a stage of a
 secure-aggregation protocol (``secagg+/setup``, ``secagg+/share-keys``,
 ``secagg+/masked-input``, ``secagg+/unmask``, ``ckks/enroll``, ``ckks/keygen``,
 ``ckks/setup``, ``ckks/decrypt``). For each kind a :class:`Shape` names the
@@ -17,9 +18,11 @@ Modes and the registry
 defences it turns on (``plaintext`` when none is on), and **its allow-list is the
 intersection of its modes' allow-lists**: a kind is permitted only if every mode
 permits it, with only the records and keys every mode permits, and every fixed value
-any mode fixes. A secure mode permits no plaintext ``train`` reply (the payload would
-leave unmasked) and no stage of the other protocol; ``dp`` and ``user_dp`` permit the
-payload and the protocol fields, but no statistic computed from private data.
+any mode fixes. Every mode permits ``identify`` (:data:`IDENTIFY_SHAPE`): the node's
+partition id and roster name, labels rather than private data. A secure mode permits
+no plaintext ``train`` reply (the payload would leave unmasked) and no stage of the
+other protocol; ``dp`` and ``user_dp`` permit the payload and the protocol fields, but
+no statistic computed from private data.
 
 Per-client statistics (``[report] client_stats``)
 -------------------------------------------------
@@ -65,7 +68,8 @@ from securefed.registry import Registry
 if TYPE_CHECKING:
     from securefed.config import ExperimentConfig
 
-__all__ = ["EGRESS", "AllowList", "EgressSettings", "Shape", "active_modes", "client_egress",
+__all__ = ["EGRESS", "IDENTIFY_KIND", "IDENTIFY_SHAPE", "AllowList", "EgressSettings",
+           "Shape", "active_modes", "client_egress",
            "client_weight", "egress_for", "resolve_client_stats", "secure_stat_names"]
 
 WEIGHT = "num-examples"
@@ -100,6 +104,10 @@ PROTOCOL_FIELDS: dict[str, frozenset[str]] = {
 }
 #: The stage of each protocol whose reply carries the trained update (and metrics).
 UPDATE_STAGE = {"secagg+": "secagg+/masked-input", "ckks": "ckks/setup"}
+
+
+#: The reply kind of the discovery query (``query.identify``, strategies.identities).
+IDENTIFY_KIND = "identify"
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,14 @@ class Shape:
 
 AllowList = dict[str, Shape]
 """``{reply kind: Shape}``; a kind that is absent may not be sent at all."""
+
+#: What an ``identify`` reply may carry, in every mode: the ConfigRecord ``identity``
+#: with ``partition-id`` and ``name`` (strategies.identities). Neither is private: the
+#: partition id labels a shard of the run's public partitioning (``partitions.json``
+#: lists every shard's label histogram; the server needs it to sample and report by a
+#: stable identity), and ``name`` is the node's public roster member name, which its
+#: SecAgg+ / CKKS setup replies carry anyway. No statistic of local data leaves here.
+IDENTIFY_SHAPE = Shape(configs={"identity": frozenset({"partition-id", "name"})})
 
 
 @dataclass(frozen=True)
@@ -219,11 +235,19 @@ def _secure(protocol: str) -> Builder:
     return build
 
 
-EGRESS.register("plaintext", _plaintext)
-EGRESS.register("dp", _dp)
-EGRESS.register("user_dp", _user_dp)
-EGRESS.register("secagg", _secure("secagg+"))
-EGRESS.register("ckks", _secure("ckks"))
+def _identified(build: Builder) -> Builder:
+    """``build`` plus the ``identify`` reply, which every mode lets out (IDENTIFY_SHAPE)."""
+    def with_identify(s: EgressSettings) -> AllowList:
+        return {IDENTIFY_KIND: IDENTIFY_SHAPE, **build(s)}
+
+    return with_identify
+
+
+EGRESS.register("plaintext", _identified(_plaintext))
+EGRESS.register("dp", _identified(_dp))
+EGRESS.register("user_dp", _identified(_user_dp))
+EGRESS.register("secagg", _identified(_secure("secagg+")))
+EGRESS.register("ckks", _identified(_secure("ckks")))
 
 
 def active_modes(config: ExperimentConfig) -> tuple[str, ...]:

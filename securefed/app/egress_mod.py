@@ -2,8 +2,9 @@
 
 ``egress_mod`` is the **outermost** mod of the ClientApp
 (:data:`securefed.app.client_app.MODS`), so every reply of every handler and every
-other mod passes it last. It classifies the reply by the message it answers (``train``,
-``evaluate`` or ``<protocol>/<stage>``; :mod:`securefed.app.egress`) and compares the
+other mod passes it last. It classifies the reply by the message it answers
+(``identify``, ``train``, ``evaluate`` or ``<protocol>/<stage>``;
+:mod:`securefed.app.egress`) and compares the
 reply's content with the :class:`~securefed.app.egress.Shape` of that kind in the
 allow-list resolved from the run config (:func:`~securefed.app.egress.egress_for`):
 
@@ -33,12 +34,13 @@ from typing import Any
 
 from flwr.app import Context, Error, Message, MessageType, MetricRecord
 
-from securefed.app.egress import SECURE_RECORD, AllowList, Shape, egress_for
+from securefed.app.egress import IDENTIFY_KIND, SECURE_RECORD, AllowList, Shape, egress_for
 from securefed.app.nodes import node_config_of
 from securefed.app.protocol_mod import CallNext
 from securefed.app.settings import config_from_run_config
 from securefed.exceptions import PrivacyError
 from securefed.roster import NODE_CONFIG_ROSTER
+from strategies.identities import IDENTIFY_MESSAGE_TYPE
 
 __all__ = ["EGRESS_ERROR_CODE", "egress_mod", "enforce", "reply_kind"]
 
@@ -49,8 +51,11 @@ EGRESS_ERROR_CODE = 7_401
 
 
 def reply_kind(msg: Message) -> str:
-    """The kind of the reply to ``msg``: ``train``, ``evaluate`` or ``protocol/stage``."""
+    """The kind of the reply to ``msg``: ``identify``, ``train``, ``evaluate`` or
+    ``protocol/stage`` (any other message type: the type itself, in no allow-list)."""
     kind = msg.metadata.message_type
+    if kind == IDENTIFY_MESSAGE_TYPE:
+        return IDENTIFY_KIND
     if kind == MessageType.EVALUATE:
         return "evaluate"
     if kind != MessageType.TRAIN:

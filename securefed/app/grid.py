@@ -8,6 +8,11 @@ context. Messages pass through Flower's own object serialisation in both directi
 (deflate, then inflate), so neither side can mutate what the other holds and the bytes
 are those a real transport carries. No Flower processes, no Ray.
 
+Node ids are random 64-bit numbers, fresh for every grid, exactly as a SuperLink draws
+them, so nothing can rely on a node id meaning a partition: the server learns each
+node's partition id by asking (:mod:`strategies.identities`). A test that must address
+a node by id before the grid exists pins them with ``node_ids``.
+
 It is not a privacy boundary and not a replacement for integration tests through real
 Flower; it exists so that the app logic can be exercised in seconds.
 """
@@ -22,8 +27,9 @@ from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.constant import NODE_ID_NUM_BYTES, SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
+from flwr.supercore.corestate.utils import generate_rand_int_from_bytes
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 from flwr.supercore.run import Run
@@ -50,6 +56,20 @@ def transport(msg: Message) -> Message:
     return Message(content=content, metadata=metadata)  # type: ignore[call-overload]
 
 
+def _node_ids(num_nodes: int, given: Sequence[int] | None) -> list[int]:
+    """``given`` (checked), or ``num_nodes`` distinct random ids as a SuperLink draws them."""
+    if given is not None:
+        ids = [int(n) for n in given]
+        if len(ids) != num_nodes or len(set(ids)) != num_nodes or min(ids) < 1:
+            raise ValueError(f"node_ids must be {num_nodes} distinct ints >= 1, got {ids}")
+        return ids
+    out: list[int] = []
+    for _ in range(num_nodes):
+        out.append(generate_rand_int_from_bytes(
+            NODE_ID_NUM_BYTES, exclude={0, SUPERLINK_NODE_ID, *out}))
+    return out
+
+
 class InProcessGrid(Grid):
     """Deliver messages to a :class:`ClientApp` in this process.
 
@@ -58,7 +78,7 @@ class InProcessGrid(Grid):
     client_app : ClientApp
         The app whose handlers serve every node.
     num_nodes : int
-        Number of virtual SuperNodes; node ``i`` gets ``partition-id = i``.
+        Number of virtual SuperNodes; the ``i``-th gets ``partition-id = i``.
     run_config : mapping
         The run config every node sees (as Flower's ``context.run_config``).
     run_id : int
@@ -70,6 +90,9 @@ class InProcessGrid(Grid):
         Node ``i``'s own config (as a SuperNode's ``--node-config``), e.g. from
         :func:`securefed.app.nodes.prepare_node_configs`; default
         ``{"partition-id": i, "num-partitions": num_nodes}``.
+    node_ids : sequence of int, optional
+        The ``i``-th node's id (distinct, positive). Default: random 64-bit ids drawn
+        as Flower's SuperLink draws them, different for every grid.
     """
 
     def __init__(
@@ -81,6 +104,7 @@ class InProcessGrid(Grid):
         run_id: int = 1,
         drop: Callable[[Message], bool] | None = None,
         node_configs: Sequence[Mapping[str, Any]] | None = None,
+        node_ids: Sequence[int] | None = None,
     ) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
@@ -94,7 +118,7 @@ class InProcessGrid(Grid):
         self.drop = drop
         self._run = Run.create_empty(run_id)
         self._run.override_config = dict(run_config)
-        self._node_ids = [1000 + i for i in range(num_nodes)]
+        self._node_ids = _node_ids(num_nodes, node_ids)
         self.contexts = {
             node_id: Context(
                 run_id=run_id,
@@ -107,6 +131,13 @@ class InProcessGrid(Grid):
             for i, node_id in enumerate(self._node_ids)
         }
         self._replies: dict[str, Message] = {}
+
+    def node_of(self, partition_id: int) -> int:
+        """The id of the node whose config names ``partition_id`` (KeyError if none)."""
+        for node, context in self.contexts.items():
+            if context.node_config.get("partition-id") == partition_id:
+                return node
+        raise KeyError(partition_id)
 
     def set_run(self, run: Run) -> None:
         """Replace the run this grid serves."""

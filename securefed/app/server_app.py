@@ -87,6 +87,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
         max_weight=config.secure.max_weight,  # bounds plaintext weights too
         rng=np.random.default_rng(config.experiment.seed),
         observer=recorder,
+        num_partitions=config.data.num_clients,  # nodes are sampled by partition id
         **adapter_options(config),
     )
     strategy = wrap_user_dp(config, wrap_strategy(config, inner, tm.method), inner, recorder)

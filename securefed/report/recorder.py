@@ -5,11 +5,18 @@ the ServerApp's central evaluation, and writes one JSON line per round::
 
     {"round": 3, "accuracy": 0.91, "loss": 0.31,            # central, held-out split
      "federated_accuracy": 0.9, "federated_loss": 0.33,      # clients' local val splits
-     "train_loss": 0.4, "clients": [..], "rejected": {"node": "reason"},
-     "rejected_replies": 0, "bytes_up_per_client": 295000.0,
+     "train_loss": 0.4,
+     "clients": [{"partition_id": 0, "node_id": 8214..}, ..],   # in the aggregate
+     "rejected": [{"partition_id": 4, "node_id": 1932.., "reason": "..."}],
+     "rejected_replies": 1, "bytes_up_per_client": 295000.0,
      "bytes_down_per_client": 295000, "round_seconds": 41.2, "wall_seconds": 130.0}
 
-Round 0 is the initial global adapter (central evaluation only). ``summary.json`` keys
+Round 0 is the initial global adapter (central evaluation only). Clients are named by
+**partition id** (the shard of ``partitions.json`` they train on, stable from run to
+run), with Flower's node id (random in every run) beside it; lists are in
+partition-id order. A node excluded by the identity check (``strategies.identities``)
+is listed in the first row after it was, under ``excluded_nodes``. The same
+``partition_id`` is in every ``privacy.jsonl`` row and capture ``meta.json``. ``summary.json`` keys
 are a stable interface read by other tools; see :data:`SUMMARY_KEYS`. :meth:`summary`
 also writes the rows as ``metrics.csv`` (:mod:`securefed.report.metrics_csv`).
 """
@@ -80,15 +87,50 @@ class RunRecorder:
         self.delta: float | None = None
         self.user_epsilon: float | None = None
         self.user_delta: float | None = None
+        self._partition_of: dict[int, int] = {}
+        self._excluded: dict[int, str] = {}
+        self._new_exclusions: dict[int, str] = {}  # not yet written to a row
+
+    # ------------------------------------------------------------ identities
+    def on_identities(self, partitions: Mapping[int, int],
+                      excluded: Mapping[int, str]) -> None:
+        """The strategy's ``{node id: partition id}`` map and the nodes it excluded."""
+        self._partition_of.update({int(n): int(p) for n, p in partitions.items()})
+        new = {int(n): r for n, r in excluded.items() if self._excluded.get(int(n)) != r}
+        self._excluded.update(new)
+        self._new_exclusions.update(new)
+
+    def partition_of(self, node: int) -> int | None:
+        """The partition id of ``node``, as the strategy identified it (None: unknown)."""
+        return self._partition_of.get(int(node))
+
+    def _client(self, node: int, partitions: Mapping[int, int | None] | None = None
+                ) -> dict[str, Any]:
+        pid = (partitions or {}).get(node)
+        return {"partition_id": self.partition_of(node) if pid is None else pid,
+                "node_id": int(node)}
+
+    def _order(self, node: int) -> tuple[int, int]:
+        pid = self.partition_of(node)
+        return (pid, 0) if pid is not None else (2**63, int(node))
+
+    def _reasons(self, reasons: Mapping[int, str],
+                 partitions: Mapping[int, int | None] | None = None) -> list[dict[str, Any]]:
+        return [{**self._client(n, partitions), "reason": r}
+                for n, r in sorted(reasons.items(), key=lambda item: self._order(item[0]))]
 
     # ------------------------------------------------------------ observer API
     def on_train_round(self, stats: TrainRoundStats) -> None:
         """Record bytes, participants and rejections of a training round."""
         ups = list(stats.bytes_up.values())
         row = self._pending.setdefault(stats.server_round, {"round": stats.server_round})
+        if self._new_exclusions:
+            row["excluded_nodes"] = self._reasons(self._new_exclusions)
+            self._new_exclusions = {}
         row.update(
-            clients=stats.accepted,
-            rejected={str(k): v for k, v in stats.rejected.items()},
+            clients=[self._client(n, stats.partitions)
+                     for n in sorted(stats.accepted, key=self._order)],
+            rejected=self._reasons(stats.rejected, stats.partitions),
             rejected_replies=len(stats.rejected),
             train_loss=stats.metrics.get("train-loss"),
             train_accuracy=stats.metrics.get("train-accuracy"),
@@ -108,7 +150,8 @@ class RunRecorder:
         """
         if "dp-epsilon" not in metrics:
             return
-        row: dict[str, Any] = {"round": server_round, "level": "sample", "node": node}
+        row: dict[str, Any] = {"round": server_round, "level": "sample",
+                               "partition_id": self.partition_of(node), "node": node}
         for key in ("epsilon", "delta", "noise-multiplier", "clip-norm", "sample-rate",
                     "steps", "total-steps"):
             value = metrics.get(f"dp-{key}")
@@ -151,7 +194,7 @@ class RunRecorder:
         row.update(
             federated_accuracy=metrics.get("eval-accuracy"),
             federated_loss=metrics.get("eval-loss"),
-            evaluate_rejected={str(k): v for k, v in rejected.items()},
+            evaluate_rejected=self._reasons(rejected),
         )
 
     def _capture_dir(self, server_round: int, position: int) -> Path | None:
@@ -169,7 +212,8 @@ class RunRecorder:
 
         Writes ``captures/round-R-client-I/`` with ``payload.safetensors`` (the reply
         exactly as received), ``global.safetensors`` (what the server had sent that
-        client) and ``meta.json`` (round, sample position, node id, num-examples).
+        client) and ``meta.json`` (round, sample position, partition id, node id,
+        num-examples).
         """
         out = self._capture_dir(server_round, position)
         if out is None:
@@ -179,7 +223,8 @@ class RunRecorder:
         save_file({k: np.ascontiguousarray(v) for k, v in global_payload.items()},
                   str(out / "global.safetensors"))
         (out / "meta.json").write_text(json.dumps({
-            "round": server_round, "client_index": position, "node_id": node,
+            "round": server_round, "client_index": position,
+            "partition_id": self.partition_of(node), "node_id": node,
             "num_examples": weight, "threat_model": "honest-but-curious server, "
             "plaintext aggregation (no secure aggregation, no DP)"}, indent=2) + "\n")
         self.captured.append(out)
@@ -198,8 +243,9 @@ class RunRecorder:
         save_file({"masked_input": np.ascontiguousarray(masked)},
                   str(out / "masked.safetensors"))
         (out / "meta.json").write_text(json.dumps({
-            "round": server_round, "client_index": position, "node_id": node,
-            **dict(meta), "threat_model": "honest-but-curious server under SecAgg+: "
+            "round": server_round, "client_index": position,
+            "partition_id": self.partition_of(node), "node_id": node, **dict(meta),
+            "threat_model": "honest-but-curious server under SecAgg+: "
             "sees masked inputs and the sum of the survivors only"}, indent=2) + "\n")
         self.captured.append(out)
 

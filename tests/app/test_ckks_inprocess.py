@@ -15,6 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from securefed.app import client_app as client_module
 from securefed.app.ckks_mod import KEY_STATE
 from securefed.app.grid import InProcessGrid
+from securefed.app.identify import register_identify
 from securefed.app.launcher import preflight
 from securefed.app.nodes import prepare_node_configs
 from securefed.app.server_app import run_server
@@ -25,9 +26,9 @@ from securefed.report.recorder import read_metrics
 from securefed.secagg.crypto import generate_keypair
 from strategies.homomorphic import HomomorphicAggregation
 from strategies.sum_only import PROTOCOL_RECORD
-from tests.app.test_secagg_inprocess import N, _cfg, _close, _final, _stage_of
+from tests.app.test_secagg_inprocess import NODE, N, _cfg, _close, _final, _stage_of
 
-AUTHORITY = 1000  # partition 0, "node-0": the authority in generated node configs
+AUTHORITY = NODE  # partition 0, "node-0": the authority in generated node configs
 
 
 def _ckks(backbone: Path, out: Path, role: str = "authority", *,
@@ -59,8 +60,10 @@ class _Spy(InProcessGrid):
 def _grid(cfg: ExperimentConfig, out: Path, *, drop: Callable[[Message], bool] | None = None,
           app=None) -> tuple[_Spy, dict[str, Any]]:
     run_config: dict[str, Any] = {"config-file": "", "run-dir": str(out), **to_flat(cfg)}
-    grid = _Spy(app or client_module.app, cfg.data.num_clients, run_config, drop=drop,
-                node_configs=prepare_node_configs(cfg, out))
+    n = cfg.data.num_clients
+    grid = _Spy(app or client_module.app, n, run_config, drop=drop,
+                node_configs=prepare_node_configs(cfg, out),
+                node_ids=[NODE + i for i in range(n)])  # drops name nodes by id
     return grid, run_config
 
 
@@ -154,13 +157,14 @@ def test_a_malformed_ciphertext_is_dropped_and_the_rest_aggregated(tiny_backbone
                                        **reply.content.metric_records}), reply_to=msg)
         return reply
 
-    app = ClientApp(mods=[corrupt, *client_module.MODS])
+    app = register_identify(ClientApp(mods=[corrupt, *client_module.MODS]))
     app.train()(client_module.handle_train)
     app.evaluate()(client_module.handle_evaluate)
     cfg = _ckks(tiny_backbones["bert"], tmp_path, federation={"min_replies": 3})
     assert _run(cfg, tmp_path, app=app)["status"] == "completed"
     (row,) = read_metrics(tmp_path / "metrics.jsonl")[1:]
-    assert list(row["rejected"]) == ["1002"] and "malformed" in row["rejected"]["1002"]
+    (rejected,) = row["rejected"]
+    assert rejected["partition_id"] == 2 and "malformed" in rejected["reason"]
     assert row["secure"]["ckks_terms"] == 3
 
 

@@ -64,6 +64,7 @@ def die_mod(msg, context, call_next):
 app = ClientApp(mods=[die_mod, *base.MODS])
 app.train()(base.handle_train)
 app.evaluate()(base.handle_evaluate)
+app.query("identify")(base.handle_identify)
 '''
 
 
@@ -135,9 +136,9 @@ def _plaintext_without(cfg: ExperimentConfig, out: Path, partition: int) -> dict
 
     plain = ExperimentConfig.from_dict({**cfg.to_dict(), "secure": {"mode": "none"}})
     run_config: dict[str, Any] = {"config-file": "", "run-dir": str(out), **to_flat(plain)}
-    grid = InProcessGrid(client_app.app, N, run_config,
-                         drop=lambda m: m.metadata.message_type == "train"
-                         and m.metadata.dst_node_id == 1000 + partition)
+    grid = InProcessGrid(client_app.app, N, run_config)
+    gone = grid.node_of(partition)
+    grid.drop = lambda m: m.metadata.message_type == "train" and m.metadata.dst_node_id == gone
     return run_server(grid, run_config)
 
 
@@ -154,6 +155,9 @@ def test_secagg_on_supernodes_survives_a_supernode_dying_mid_round(tiny_backbone
     assert row["secure"]["secagg_survivors"]["masked-input"] == N - 1
     assert row["secure"]["secagg_survivors"]["consistency"] == N - 1
     assert len(row["clients"]) == N - 1 and len(row["rejected"]) == 1
+    # SuperNodes are named by the partition id of their own --node-config
+    assert [c["partition_id"] for c in row["clients"]] == [0, 1, 3]
+    assert row["rejected"][0]["partition_id"] == 2
     expected = _plaintext_without(cfg, tmp_path / "plain", partition=2)
     assert summary["loss_per_round"] == pytest.approx(expected["loss_per_round"], abs=1e-5)
 

@@ -21,6 +21,7 @@ from securefed.app import client_app as client_module
 from securefed.app.egress import LEDGER, client_egress, egress_for
 from securefed.app.egress_mod import EGRESS_ERROR_CODE, enforce, reply_kind
 from securefed.app.grid import InProcessGrid
+from securefed.app.identify import register_identify
 from securefed.app.nodes import prepare_node_configs
 from securefed.app.private_training import load_accountant
 from securefed.app.runtime import tuned_model
@@ -104,7 +105,7 @@ def test_plaintext_sends_the_payload_and_clear_statistics(tiny_backbones, tmp_pa
     assert summary["client_egress"] == client_egress(cfg)
     assert summary["client_egress"]["modes"] == ["plaintext"]
     seen = _check_within_allow_list(summary, grid)
-    assert set(seen) == {"train", "evaluate"}
+    assert set(seen) == {"identify", "train", "evaluate"}
     assert all(h["arrays"] == {"arrays"} for h in seen["train"])
     assert _metric_keys(seen["train"]) == {"num-examples", "train-loss", "train-accuracy",
                                            "train-steps", "train-seconds"}
@@ -118,7 +119,7 @@ def test_dp_sends_weight_one_and_the_ledger_only(tiny_backbones, tmp_path) -> No
     assert summary["status"] == "completed"
     assert summary["client_egress"]["client_stats"] == "off"
     seen = _check_within_allow_list(summary, grid)
-    assert set(seen) == {"train"} and len(seen["train"]) == N
+    assert set(seen) == {"identify", "train"} and len(seen["train"]) == N
     assert _metric_keys(seen["train"]) == {"num-examples"} | LEDGER
     assert {h["metrics"]["metrics"]["num-examples"] for h in seen["train"]} == {1}
     assert 0 < summary["epsilon"] <= 8.0  # the ledger still reaches privacy.jsonl
@@ -129,7 +130,7 @@ def test_user_dp_sends_the_clipped_payload_and_weight_one(tiny_backbones, tmp_pa
     summary, grid = _run(cfg, tmp_path)
     assert summary["status"] == "completed"
     seen = _check_within_allow_list(summary, grid)
-    assert set(seen) == {"train"}
+    assert set(seen) == {"identify", "train"}
     assert all(h["arrays"] == {"arrays"} for h in seen["train"])
     assert _metric_keys(seen["train"]) == {"num-examples"}  # no train-examples, no loss
     assert {h["metrics"]["metrics"]["num-examples"] for h in seen["train"]} == {1}
@@ -146,8 +147,8 @@ def test_secure_modes_send_protocol_fields_only(tiny_backbones, tmp_path, mode,
     summary, grid = _run(cfg, tmp_path)
     assert summary["status"] == "completed"
     seen = _check_within_allow_list(summary, grid)
-    assert set(seen) == kinds  # never a plaintext train reply
-    for held in (h for hs in seen.values() for h in hs):
+    assert set(seen) == kinds | {"identify"}  # never a plaintext train reply
+    for held in (h for k, hs in seen.items() if k != "identify" for h in hs):
         assert held["arrays"] == set() and held["metrics"] == {}  # no payload, no statistic
         assert set(held["configs"]) == {"secure"}
 
@@ -157,7 +158,7 @@ def test_without_the_egress_mod_secagg_clients_leaked_statistics(tiny_backbones,
     """The finding, reproduced: without the exit check, loss and accuracy left next to
     the masked input."""
     cfg = _cfg(tiny_backbones["bert"], tmp_path, secure={"mode": "secagg"})
-    unguarded = ClientApp(mods=client_module.MODS[1:])
+    unguarded = register_identify(ClientApp(mods=client_module.MODS[1:]))
     unguarded.train()(client_module.train)
     _, grid = _run(cfg, tmp_path, app=unguarded)
     leaked = _metric_keys([_held(m) for k, m in grid.sent if k == "secagg+/masked-input"])
@@ -197,7 +198,8 @@ def test_a_run_config_without_secure_aggregation_cannot_downgrade_an_enrolled_no
         run_server(grid, run_config)
     assert grid.sent and all(reply.has_error() and not reply.has_content()
                              for kind, reply in grid.sent if kind == "train")
-    assert all("holds a roster" in reply.error.reason for _, reply in grid.sent)
+    assert all("holds a roster" in reply.error.reason for kind, reply in grid.sent
+               if kind == "train")
 
 
 def test_noised_statistics_are_charged_to_the_clients_accountant(tiny_backbones,

@@ -13,6 +13,7 @@ from flwr.clientapp import ClientApp
 
 from securefed.app import client_app as client_module
 from securefed.app.grid import InProcessGrid
+from securefed.app.identify import register_identify
 from securefed.app.launcher import preflight, run_inprocess
 from securefed.app.runtime import dataset_for, heldout_split, tuned_model
 from securefed.app.server_app import run_server
@@ -88,7 +89,7 @@ def test_malformed_reply_from_a_real_client_is_rejected_and_counted(tiny_backbon
             return Message(content, reply_to=msg)
         return reply
 
-    app = ClientApp(mods=[nan_mod])
+    app = register_identify(ClientApp(mods=[nan_mod]))
     app.train()(client_module.handle_train)
     app.evaluate()(client_module.handle_evaluate)
     run_config = {"config-file": "", "run-dir": str(tmp_path)}
@@ -98,8 +99,8 @@ def test_malformed_reply_from_a_real_client_is_rejected_and_counted(tiny_backbon
     summary = run_server(InProcessGrid(app, 3, run_config), run_config)
     assert summary["rejected_replies_total"] == 2  # one per round
     for row in read_metrics(tmp_path / "metrics.jsonl")[1:]:
-        (reason,) = row["rejected"].values()
-        assert "non-finite" in reason and len(row["clients"]) == 2
+        (rejected,) = row["rejected"]
+        assert "non-finite" in rejected["reason"] and len(row["clients"]) == 2
 
 
 def test_too_few_valid_replies_stops_cleanly_with_a_summary(tiny_backbones, tmp_path) -> None:
@@ -151,7 +152,8 @@ def test_capture_saves_one_clients_real_reply(tiny_backbones, tmp_path) -> None:
     out = tmp_path / "captures" / "round-2-client-1"
     meta = json.loads((out / "meta.json").read_text())
     row = read_metrics(tmp_path / "metrics.jsonl")[2]
-    assert meta["round"] == 2 and meta["node_id"] == row["clients"][1]
+    assert meta["round"] == 2 and meta["client_index"] == 1  # its place in the sample
+    assert {"partition_id": meta["partition_id"], "node_id": meta["node_id"]} in row["clients"]
     payload, sent = load_file(str(out / "payload.safetensors")), load_file(
         str(out / "global.safetensors"))
     assert set(payload) == set(sent) == set(tuned_model(cfg).payload())
@@ -172,7 +174,7 @@ def _hostile_run(tiny_backbones, tmp_path, mod, **tables):
             return mod(reply)
         return reply
 
-    app = ClientApp(mods=[rewrite])
+    app = register_identify(ClientApp(mods=[rewrite]))
     app.train()(client_module.handle_train)
     app.evaluate()(client_module.handle_evaluate)
     run_config = {"config-file": "", "run-dir": str(tmp_path)}

@@ -2,7 +2,10 @@
 
 The in-process grid runs the same code as Flower's simulation engine and SuperLink
 deployments and serialises every message with Flower's own object encoding; dropouts
-are simulated by messages that never get a reply (``InProcessGrid(drop=...)``).
+are simulated by messages that never get a reply (``InProcessGrid(drop=...)``). Node
+ids are pinned to ``1000 + partition id`` here (:data:`NODE`) so that a drop can name a
+node before the grid exists; sampling and reports go by partition id either way
+(``tests/app/test_identity.py`` runs with Flower-style random ids).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from flwr.clientapp import ClientApp
 
 from securefed.app import client_app as client_module
 from securefed.app.grid import InProcessGrid
+from securefed.app.identify import register_identify
 from securefed.app.launcher import preflight
 from securefed.app.nodes import prepare_node_configs, provision_roster
 from securefed.app.runtime import tuned_model
@@ -32,6 +36,7 @@ from strategies.sum_only import PROTOCOL_RECORD
 from tests.app.conftest import tiny_config
 
 N = 4  # clients per round: complete neighbour graph k = 3, threshold t = 2
+NODE = 1000  # node id of partition 0 (partition i: NODE + i)
 
 
 def _run(cfg: ExperimentConfig, out: Path, *, drop: Callable[[Message], bool] | None = None,
@@ -47,7 +52,7 @@ def _run(cfg: ExperimentConfig, out: Path, *, drop: Callable[[Message], bool] | 
     else:
         nodes = [{"partition-id": i, "num-partitions": n} for i in range(n)]
     grid = InProcessGrid(app or client_module.app, n, run_config, drop=drop,
-                         node_configs=nodes)
+                         node_configs=nodes, node_ids=[NODE + i for i in range(n)])
     for context in grid.contexts.values():
         context.node_config.update(node_config or {})
     return run_server(grid, run_config)
@@ -106,7 +111,8 @@ def test_secure_aggregate_equals_plaintext_fedavg(tiny_backbones, tmp_path, meth
     (row,) = read_metrics(tmp_path / "secure" / "metrics.jsonl")[1:]
     assert row["secure"]["secagg_survivors"] == _survivors(N, adversary == "malicious")
     assert row["secure"]["secagg_adversary"] == adversary
-    assert row["clients"] == [1000, 1001, 1002, 1003] and row["rejected_replies"] == 0
+    assert row["clients"] == [{"partition_id": i, "node_id": NODE + i} for i in range(N)]
+    assert row["rejected_replies"] == 0
 
 
 @pytest.mark.parametrize(("stage", "adversary"), [
@@ -132,9 +138,9 @@ def test_one_dropout_at_each_stage_still_gives_the_survivors_mean(tiny_backbones
     (row,) = read_metrics(tmp_path / "s" / "metrics.jsonl")[1:]
     survivors = row["secure"]["secagg_survivors"]
     assert survivors["unmask"] == N - 1
-    assert (1001 in row["clients"]) is (not in_sum)
+    assert (1 in [c["partition_id"] for c in row["clients"]]) is (not in_sum)
     if in_sum:
-        assert "1001" in row["rejected"]
+        assert [r["partition_id"] for r in row["rejected"]] == [1]
 
 
 def test_a_roster_node_refuses_a_semi_honest_round(tiny_backbones, tmp_path) -> None:
@@ -224,7 +230,7 @@ def test_mods_after_secagg_run_before_masking(tiny_backbones, tmp_path) -> None:
                        reply_to=msg)
 
     def app_with(mods: list) -> ClientApp:
-        app = ClientApp(mods=mods)
+        app = register_identify(ClientApp(mods=mods))
         app.train()(client_module.handle_train)
         app.evaluate()(client_module.handle_evaluate)
         return app

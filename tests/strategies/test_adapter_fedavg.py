@@ -10,6 +10,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from securefed.app.grid import InProcessGrid
+from securefed.app.identify import register_identify
 from securefed.exceptions import AggregationError
 from strategies.adapter_fedavg import AdapterFedAvg, TrainRoundStats
 from strategies.records import payload_to_record, read_payload, record_to_payload, write_payload
@@ -21,7 +22,7 @@ Corrupt = Callable[[int, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 def make_app(corrupt: Corrupt | None = None, weight: Callable[[int], object] | None = None):
     """Client i adds (i + 1) to every tensor; ``corrupt`` may break its reply."""
-    app = ClientApp()
+    app = register_identify(ClientApp())
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -140,7 +141,7 @@ def test_dropped_node_is_reported_as_missing_reply() -> None:
     dropped: list[int] = []
 
     def drop(msg: Message) -> bool:
-        if not dropped:
+        if not dropped and msg.metadata.message_type == "train":
             dropped.append(msg.metadata.dst_node_id)
             return True
         return False
@@ -151,11 +152,12 @@ def test_dropped_node_is_reported_as_missing_reply() -> None:
 
 
 def test_samples_exactly_k_and_is_reproducible_by_seed() -> None:
-    picks = []
-    for _ in range(2):
+    picks, nodes = [], []
+    for _ in range(2):  # two grids: the node ids differ, the sampled partitions do not
         _, obs, _ = run(make_app(), n=10, k=3, min_replies=3, rounds=3)
-        picks.append([s.sampled for s in obs.train])
-    assert picks[0] == picks[1]
+        picks.append([[s.partitions[n] for n in s.sampled] for s in obs.train])
+        nodes.append([s.sampled for s in obs.train])
+    assert picks[0] == picks[1] and nodes[0] != nodes[1]
     assert all(len(s) == 3 and len(set(s)) == 3 for s in picks[0])
 
 
@@ -176,7 +178,7 @@ def test_constructor_rejects_impossible_settings() -> None:
 
 
 def test_reply_without_weight_is_rejected() -> None:
-    app = ClientApp()
+    app = register_identify(ClientApp())
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

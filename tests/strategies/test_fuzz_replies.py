@@ -24,6 +24,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import Strategy
 
 from securefed.app.grid import InProcessGrid
+from securefed.app.identify import register_identify
 from securefed.exceptions import AggregationError, PayloadError, PrivacyError
 from securefed.privacy.accountants import create_accountant
 from securefed.privacy.noise import make_source
@@ -42,7 +43,8 @@ from tests.strategies.hostile import (
 
 TYPED = (PayloadError, AggregationError, PrivacyError)
 NODES = 64  # sampled each round: one honest node, the others hostile
-GRID = InProcessGrid(ClientApp(), NODES + 8, {})  # 8 nodes never sampled: "unsampled" replies
+# 8 nodes never sampled: "unsampled" replies
+GRID = InProcessGrid(register_identify(ClientApp()), NODES + 8, {})
 
 
 def _build(kind: str, *, strict: bool = False, seed: int = 0) -> tuple[Strategy, AdapterFedAvg]:

@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 
 from securefed.app.clipping_mod import clipping_mod
 from securefed.app.grid import InProcessGrid
+from securefed.app.identify import register_identify
 from securefed.exceptions import AggregationError, ConfigError, PrivacyBudgetExhausted, PrivacyError
 from securefed.privacy.accountants import create_accountant
 from securefed.privacy.noise import make_source
@@ -32,7 +33,7 @@ DIM = D + 4
 
 def make_app(shift: Callable[[int], float], *, mods: list | None = None,
              fail: set[int] | None = None) -> ClientApp:
-    app = ClientApp(mods=mods or [])
+    app = register_identify(ClientApp(mods=mods or []))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -241,7 +242,7 @@ def test_a_resumed_strategy_continues_the_poisson_sampling_stream() -> None:
 
 
 def test_server_side_clipping_refuses_a_reply_it_cannot_clip() -> None:
-    app = ClientApp()
+    app = register_identify(ClientApp())
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:  # e.g. a masked SecAgg+ reply
