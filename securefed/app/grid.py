@@ -72,6 +72,9 @@ class InProcessGrid(Grid):
         ``{"partition-id": i, "num-partitions": num_nodes}``.
     """
 
+    #: Replies exist as soon as ``push_messages`` returns (see ``progress_grid``).
+    delivers_on_push = True
+
     def __init__(
         self,
         client_app: ClientApp,
