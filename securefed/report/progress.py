@@ -13,6 +13,8 @@ The line reads, e.g.::
 
     federated rounds ━━━━━━━━━━━━━━━━━ 2/5 0:01:12 round 3 · secagg+ masked-input 2/4 clients
     · last acc 0.912 · ETA 1:48
+
+and, once the rounds are over, the last accuracy and the upload per client.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def describe(rows: list[dict[str, Any]], rounds: int, progress: dict[str, Any] |
     completed = [r for r in rows if r.get("round", 0) > 0]
     current = len(completed) + 1
     parts: list[str] = []
-    if progress and progress.get("round") == current and current <= rounds:
+    running = bool(progress and progress.get("round") == current and current <= rounds)
+    if progress and running:
         parts.append(f"round {current}")
         parts.append(f"{progress.get('stage', '?')} {progress.get('replies', 0)}/"
                      f"{progress.get('sent', 0)} clients")
@@ -89,7 +92,7 @@ def describe(rows: list[dict[str, Any]], rounds: int, progress: dict[str, Any] |
         last = completed[-1]
         if last.get("accuracy") is not None:
             parts.append(f"last acc {last['accuracy']:.3f}")
-        if last.get("bytes_up_per_client"):
+        if last.get("bytes_up_per_client") and not running:  # kept short while running
             parts.append(f"up {last['bytes_up_per_client'] / 1024:.1f} KiB/client")
         if last.get("rejected_replies"):
             parts.append(f"[red]{last['rejected_replies']} rejected[/red]")
@@ -106,7 +109,7 @@ def round_progress(run_dir: Path, rounds: int, *, console: Console | None = None
     the body runs."""
     console = console or Console(stderr=True)
     stop = threading.Event()
-    progress = Progress(TextColumn("[bold]federated rounds"), BarColumn(),
+    progress = Progress(TextColumn("[bold]federated rounds"), BarColumn(bar_width=24),
                         MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.description}"), console=console, transient=False)
     task = progress.add_task("starting", total=rounds)
