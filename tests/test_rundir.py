@@ -76,7 +76,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run_directory(tmp_path, plante
     for name, text in planted.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    with pytest.raises(RunDirError, match="--overwrite refused.*not look like a securefed run"):
+    with pytest.raises(RunDirError, match=r"--overwrite refused.*not look like a securefed run"):
         prepare_run_dir(tmp_path, overwrite=True)
     assert all((tmp_path / name).is_file() for name in planted)
 

@@ -8,8 +8,9 @@ Flower, Ray and the app log goes to the run directory's ``flower.log``:
   SuperLink's into ``superlink.out``/``superlink.log``; :func:`route_logs` sends the
   launching process's own ``flwr`` log lines there too;
 * on the in-process engine :func:`route_logs` moves the ``flwr`` logger's console
-  handlers, and the ``securefed``/``strategies`` loggers, to ``flower.log`` for the
-  run.
+  handlers, the ``securefed``/``strategies`` loggers and Python warnings (as under
+  the simulation engine, where they reach ``flower.log`` with the stream) to
+  ``flower.log`` for the run.
 
 :data:`KNOWN_WARNINGS` is the one list of third-party deprecation warnings that say
 nothing about the user's run; :func:`silence_known_warnings` filters them in this
@@ -77,8 +78,8 @@ def _console(handler: logging.Handler) -> bool:
 @contextlib.contextmanager
 def route_logs(path: Path, *, app_loggers: bool = True) -> Iterator[None]:
     """Send the ``flwr`` logger (and with ``app_loggers`` the ``securefed`` and
-    ``strategies`` loggers, from INFO) to ``path`` instead of the console while the
-    body runs; everything is restored afterwards."""
+    ``strategies`` loggers, from INFO, and Python warnings) to ``path`` instead of the
+    console while the body runs; everything is restored afterwards."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setLevel(logging.INFO)
@@ -87,6 +88,12 @@ def route_logs(path: Path, *, app_loggers: bool = True) -> Iterator[None]:
     consoles = [h for h in flwr.handlers if _console(h)]
     own = [logging.getLogger(name) for name in APP_LOGGERS] if app_loggers else []
     levels = [lg.level for lg in own]
+    # warnings.showwarning -> the "py.warnings" logger (unless something already does)
+    capture = app_loggers and getattr(logging, "_warnings_showwarning", None) is None
+    if capture:
+        logging.captureWarnings(True)
+        own.append(logging.getLogger("py.warnings"))
+        levels.append(own[-1].level)
     for h in consoles:
         flwr.removeHandler(h)
     flwr.addHandler(handler)
@@ -103,4 +110,6 @@ def route_logs(path: Path, *, app_loggers: bool = True) -> Iterator[None]:
         for lg, level in zip(own, levels, strict=True):
             lg.removeHandler(handler)
             lg.setLevel(level)
+        if capture:
+            logging.captureWarnings(False)
         handler.close()

@@ -57,7 +57,10 @@ def test_route_logs_moves_flowers_console_lines_to_the_file_and_back(tmp_path) -
             h, logging.StreamHandler) for h in flwr.handlers)
         flwr.info("[ROUND 1/3]")
         logging.getLogger("securefed.app.server_app").info("round 1: acc 0.9")
+        warnings.warn("a hook warning of torch", UserWarning, stacklevel=1)
     assert flwr.handlers == before
+    assert warnings.showwarning is not logging._showwarning  # type: ignore[attr-defined]
     assert logging.getLogger("securefed").level == own_level
     text = (tmp_path / "flower.log").read_text()
     assert "[ROUND 1/3]" in text and "round 1: acc 0.9" in text
+    assert "a hook warning of torch" in text
