@@ -29,8 +29,9 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/assets.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# --overwrite: a rerun replaces the previous demo run (a run directory holds one run)
 demo: $(STAMP)
-	$(BIN)/securefed run configs/quickstart.toml --out $(RUN)
+	$(BIN)/securefed run configs/quickstart.toml --out $(RUN) --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check securefed strategies attacks tests bench

@@ -91,7 +91,7 @@ def _rel(path: Path) -> str:
 def run_demo(config: Path, out: Path) -> dict[str, Any]:
     """Run the demo command once; return timing, memory and accuracy figures."""
     cli = Path(sys.executable).parent / "securefed"
-    cmd = [str(cli), "run", str(config), "--out", str(out)]
+    cmd = [str(cli), "run", str(config), "--out", str(out), "--overwrite"]  # as make demo
     start = time.perf_counter()
     with (out.parent / f"{out.name}.log").open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -102,7 +102,8 @@ def run_demo(config: Path, out: Path) -> dict[str, Any]:
         raise SystemExit(f"demo failed with exit code {code}; see {out}.log")
     summary = json.loads((out / "summary.json").read_text())
     return {
-        "command": " ".join(["securefed", "run", _rel(config), "--out", _rel(out)]),
+        "command": " ".join(["securefed", "run", _rel(config), "--out", _rel(out),
+                             "--overwrite"]),
         "wall_seconds": wall,
         "peak_rss_bytes": mem.peak,
         "peak_rss_gb": mem.peak / 1e9,

@@ -96,7 +96,7 @@ def run_cell(args: argparse.Namespace, method: str, epsilon: float,
     if not summary_path.is_file():
         config = ExperimentConfig.from_dict(_cell_config(args, method, epsilon, seed))
         started = time.perf_counter()
-        run_inprocess(config, run_dir)
+        run_inprocess(config, run_dir, overwrite=True)  # an unfinished cell runs again
         seconds = time.perf_counter() - started
         (run_dir / "bench-seconds.json").write_text(json.dumps({"seconds": seconds}))
     elif (run_dir / "bench-seconds.json").is_file():

@@ -2,8 +2,11 @@
 
 Commands
 --------
-``securefed run CONFIG [--out DIR] [--set table.key=value ...] [--engine ...] [--dry-run]``
-    Run a federated experiment (Flower simulation engine by default).
+``securefed run CONFIG [--out DIR] [--overwrite] [--set table.key=value ...] [--engine ...]
+[--dry-run]``
+    Run a federated experiment (Flower simulation engine by default); a run directory
+    that holds an earlier run is refused unless ``--overwrite``. Exits 130 on SIGINT,
+    143 on SIGTERM, with ``summary.json`` saying ``status = "interrupted"``.
 ``securefed check CONFIG [--set ...] [--num-cpus N] [--num-gpus G] [--json]``
     Every check a run makes before it starts; prints the resolved config and the plan.
 ``securefed methods [--backbone ALIAS] [--json]``
@@ -25,6 +28,7 @@ Commands
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -59,32 +63,49 @@ def run(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Check and print the plan as `securefed check`; start nothing.")
     ] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the earlier run in the run directory (cleared first).")
+    ] = False,
 ) -> None:
     """Run a federated experiment and write its run directory."""
     from securefed.app.check_cli import resolve_config, show_plan
-    from securefed.app.launcher import preflight, run_inprocess, run_simulation
+    from securefed.app.launcher import (
+        interrupt_signal,
+        preflight,
+        run_inprocess,
+        run_simulation,
+        signals_as_interrupts,
+    )
+    from securefed.app.logs import silence_known_warnings
     from securefed.report.progress import round_progress
+    from securefed.rundir import prepare_run_dir
 
+    silence_known_warnings()
+    run_dir: Path | None = None
     try:
-        if engine not in ENGINES:
-            raise SecurefedError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
-        cfg = resolve_config(config, set_, num_cpus, num_gpus)
-        plan = preflight(cfg, engine=engine)
-        if dry_run:
-            show_plan(cfg, plan)
-            return
-        run_dir = (out or Path(cfg.experiment.out_dir)).resolve()
-        err.print(f"run directory: {run_dir}")
-        with round_progress(run_dir, cfg.federation.rounds, console=err):
-            if engine == "simulation":
-                summary = run_simulation(cfg, run_dir)
-            else:
-                summary = run_inprocess(cfg, run_dir)
+        with signals_as_interrupts():
+            if engine not in ENGINES:
+                raise SecurefedError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+            cfg = resolve_config(config, set_, num_cpus, num_gpus)
+            plan = preflight(cfg, engine=engine)
+            if dry_run:
+                show_plan(cfg, plan)
+                return
+            # refused or cleared here, before the bar follows the folder
+            run_dir = prepare_run_dir(out or Path(cfg.experiment.out_dir), overwrite=overwrite)
+            err.print(f"run directory: {run_dir}")
+            with round_progress(run_dir, cfg.federation.rounds, console=err):
+                if engine == "simulation":
+                    summary = run_simulation(cfg, run_dir)
+                else:
+                    summary = run_inprocess(cfg, run_dir)
     except SecurefedError as exc:
         fail(exc)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted; Flower processes stopped[/yellow]")
-        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt as exc:
+        signum = interrupt_signal(exc)
+        where = f"; every process stopped; see {run_dir / 'summary.json'}" if run_dir else ""
+        err.print(f"[yellow]interrupted by {signal.Signals(signum).name}{where}[/yellow]")
+        raise typer.Exit(code=128 + signum) from None
     console.print_json(json.dumps({k: summary[k] for k in (
         "method", "dataset", "final_accuracy", "trainable_params",
         "bytes_up_per_client_round", "wall_seconds", "adapter_dir")}))
@@ -164,6 +185,9 @@ def _main(
         help="Print the versions of securefed and the libraries it runs on.")] = False,
 ) -> None:
     """Privacy-hardened federated fine-tuning of PEFT adapters on Flower."""
+    from securefed.app.logs import silence_known_warnings
+
+    silence_known_warnings()  # every command: known third-party deprecations stay quiet
 
 
 _mount_subcommands()

@@ -167,7 +167,9 @@ class AdapterFedAvg(FedAvg):
             raise ConfigError(f"evaluate_clients must be >= 0, got {evaluate_clients}")
         super().__init__(
             fraction_train=1.0,
-            fraction_evaluate=1.0 if evaluate_clients else 0.0,
+            # unused (configure_evaluate samples evaluate_clients); 0.0 made Flower log a
+            # misleading "fraction_evaluate is set to 0.0" warning
+            fraction_evaluate=1.0,
             min_train_nodes=clients_per_round,
             min_evaluate_nodes=evaluate_clients,
             min_available_nodes=max(clients_per_round, evaluate_clients),

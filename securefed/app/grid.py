@@ -95,6 +95,9 @@ class InProcessGrid(Grid):
         as Flower's SuperLink draws them, different for every grid.
     """
 
+    #: Replies exist as soon as ``push_messages`` returns (see ``progress_grid``).
+    delivers_on_push = True
+
     def __init__(
         self,
         client_app: ClientApp,

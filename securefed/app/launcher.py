@@ -11,10 +11,17 @@ owns every process it starts:
 3. it runs ``flwr run <app> securefed --stream`` and tees the log to
    ``flower.log``;
 4. it stops the ``flwr run`` process and the SuperLink (with the simulation process
-   it spawned) **by PID / process group**, also on Ctrl-C or an error.
+   it spawned) **by PID / process group**, also on Ctrl-C, SIGTERM or an error.
 
 ``run_inprocess`` runs the same ServerApp and ClientApp code through
 :class:`securefed.app.grid.InProcessGrid`, for tests and fast sweeps.
+
+Both refuse a run directory that holds files unless ``overwrite=True``, which clears
+it first (:func:`securefed.rundir.prepare_run_dir`), and both end every run with
+``manifest.json``. SIGINT and SIGTERM (:func:`signals_as_interrupts`) stop every
+process, then ``summary.json`` records ``status = "interrupted"`` with the last
+completed round (:func:`securefed.rundir.mark_interrupted`) and :class:`Interrupted`
+propagates.
 """
 
 from __future__ import annotations
@@ -35,20 +42,42 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import tomli_w
 
+from securefed.app.logs import pythonwarnings, route_logs
 from securefed.app.nodes import NODE_CONFIG_DIR_ENV, prepare_node_configs
 from securefed.config import ExperimentConfig
 from securefed.exceptions import SecurefedError
+from securefed.rundir import mark_interrupted, prepare_run_dir, write_manifest
 
 if TYPE_CHECKING:
     from securefed.app.plan import RunPlan
 
-__all__ = ["RunFailedError", "preflight", "run_inprocess", "run_simulation", "stop_process_group"]
+__all__ = ["Interrupted", "RunFailedError", "interrupt_signal", "preflight", "run_inprocess",
+           "run_simulation", "signals_as_interrupts", "stop_process_group"]
 
 FLOWER_LOG = "flower.log"
 
 
 class RunFailedError(SecurefedError):
     """A federated run ended without a completed ``summary.json``."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGINT or SIGTERM).
+
+    Parameters
+    ----------
+    signum : int
+        The signal; a shell reports the exit status ``128 + signum``.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def interrupt_signal(exc: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt (a plain one is Ctrl-C: SIGINT)."""
+    return int(getattr(exc, "signum", signal.SIGINT))
 
 
 def _free_port() -> int:
@@ -130,6 +159,7 @@ def _flower_env(flwr_home: Path) -> dict[str, str]:
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
         PYTHONUNBUFFERED="1",
+        PYTHONWARNINGS=pythonwarnings(env.get("PYTHONWARNINGS", "")),
     )
     return env
 
@@ -173,23 +203,45 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while the body runs (main thread only), so
-    that ``finally`` blocks stop every Flower process, as on Ctrl-C."""
+def signals_as_interrupts() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` while the body runs (main
+    thread only), so that ``finally`` blocks stop every Flower process.
+
+    Only the first signal raises: one that arrives while the body is already unwinding
+    (a second Ctrl-C during clean-up) is ignored, so the clean-up is never cut short.
+    """
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    fired: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        if fired:
+            return
+        fired.append(signum)
+        raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _run_dir_lifecycle(run_dir: Path) -> Iterator[None]:
+    """Around a run whose processes have all stopped when the body exits: on an
+    interrupt, record it in ``summary.json``; in any case write ``manifest.json``."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        mark_interrupted(run_dir, interrupt_signal(exc))
+        raise
+    finally:
+        write_manifest(run_dir)
 
 
 @contextlib.contextmanager
@@ -241,6 +293,7 @@ def run_simulation(
     on_line: Callable[[str], None] | None = None,
     num_cpus: int | None = None,
     timeout_s: float | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run ``config`` on Flower's simulation engine; return the run's summary.
 
@@ -257,29 +310,44 @@ def run_simulation(
         (2 on a 2-core machine = one at a time). GPUs: ``[resources] client_gpus``.
     timeout_s : float, optional
         Stop everything and fail after this many seconds.
+    overwrite : bool
+        Clear ``run_dir`` if it holds an earlier run (otherwise a non-empty
+        ``run_dir`` is refused).
 
     Raises
     ------
+    RunDirError
+        If ``run_dir`` holds files and ``overwrite`` is not set, or is not a run folder.
     RunFailedError
         If Flower exits without a completed ``summary.json``; the message holds the
         tail of ``flower.log``.
+    Interrupted
+        On SIGINT or SIGTERM, after every process stopped and ``summary.json`` recorded
+        the interruption (a plain KeyboardInterrupt where no handler could be set).
     """
     if num_cpus is not None:
         config = dataclasses.replace(config, resources=dataclasses.replace(
             config.resources, client_cpus=num_cpus))
     preflight(config)
-    run_dir = run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = prepare_run_dir(run_dir, overwrite=overwrite)
+    with signals_as_interrupts(), _run_dir_lifecycle(run_dir):
+        _simulate(config, run_dir, on_line=on_line, timeout_s=timeout_s)
+        return _read_summary(run_dir, run_dir / FLOWER_LOG)
+
+
+def _simulate(config: ExperimentConfig, run_dir: Path, *,
+              on_line: Callable[[str], None] | None,
+              timeout_s: float | None) -> None:
+    """The body of :func:`run_simulation`: every process it starts is stopped on exit."""
     config_file = run_dir / "config.toml"
     config_file.write_text(tomli_w.dumps(config.to_dict()))
-    (run_dir / "summary.json").unlink(missing_ok=True)
     app_dir = run_dir / "flwr-app"
     _write_app(app_dir, config_file, run_dir)
     flwr_home = run_dir / ".flwr"
     env = _flower_env(flwr_home)
     env[NODE_CONFIG_DIR_ENV] = _node_config_dir(config, run_dir)
     log_path = run_dir / FLOWER_LOG
-    with _terminate_as_interrupt(), _superlink(run_dir, env) as port:
+    with route_logs(log_path, app_loggers=False), _superlink(run_dir, env) as port:
         _write_connection(flwr_home, port)
         res = config.resources
         federation = (f"num-supernodes={config.data.num_clients} "
@@ -287,7 +355,7 @@ def run_simulation(
                       f"client-resources-num-gpus={float(res.client_gpus)}")
         cmd = [_bin("flwr"), "run", str(app_dir), "securefed", "--stream",
                "--federation-config", federation]
-        with log_path.open("w", encoding="utf-8") as log:
+        with log_path.open("a", encoding="utf-8") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, text=True, bufsize=1)
@@ -306,7 +374,6 @@ def run_simulation(
                 proc.wait(timeout=30)
             finally:
                 stop_process_group(proc)
-    return _read_summary(run_dir, log_path)
 
 
 def _finished(run_dir: Path) -> bool:
@@ -326,18 +393,26 @@ def _read_summary(run_dir: Path, log_path: Path) -> dict[str, Any]:
     return summary
 
 
-def run_inprocess(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
-    """Run ``config`` through the in-process grid (same ServerApp / ClientApp code)."""
+def run_inprocess(config: ExperimentConfig, run_dir: Path, *,
+                  overwrite: bool = False) -> dict[str, Any]:
+    """Run ``config`` through the in-process grid (same ServerApp / ClientApp code).
+
+    ``run_dir`` and ``overwrite`` as in :func:`run_simulation`; Flower's and the app's
+    log lines go to ``flower.log``. Raises what :func:`~securefed.app.server_app.
+    run_server` raises, and :class:`Interrupted` on SIGINT or SIGTERM (after
+    ``summary.json`` recorded it).
+    """
     from securefed.app.client_app import app as client_app
     from securefed.app.grid import InProcessGrid
     from securefed.app.server_app import run_server
 
     preflight(config, engine="inprocess")
-    run_dir = run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_file = run_dir / "config.toml"
-    config_file.write_text(tomli_w.dumps(config.to_dict()))
-    run_config = {"config-file": str(config_file), "run-dir": str(run_dir)}
-    grid = InProcessGrid(client_app, config.data.num_clients, run_config,
-                         node_configs=prepare_node_configs(config, run_dir))
-    return run_server(grid, run_config)
+    run_dir = prepare_run_dir(run_dir, overwrite=overwrite)
+    with signals_as_interrupts(), _run_dir_lifecycle(run_dir), \
+            route_logs(run_dir / FLOWER_LOG):
+        config_file = run_dir / "config.toml"
+        config_file.write_text(tomli_w.dumps(config.to_dict()))
+        run_config = {"config-file": str(config_file), "run-dir": str(run_dir)}
+        grid = InProcessGrid(client_app, config.data.num_clients, run_config,
+                             node_configs=prepare_node_configs(config, run_dir))
+        return run_server(grid, run_config)

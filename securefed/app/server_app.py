@@ -25,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from securefed.adapters import export_run_adapter
 from securefed.app.central_dp import adapter_options, user_dp_facts, wrap_user_dp
 from securefed.app.egress import client_egress
+from securefed.app.progress_grid import ProgressGrid
 from securefed.app.runtime import heldout_split, histograms, tuned_model, write_json
 from securefed.app.secure import secure_facts, wrap_strategy
 from securefed.app.settings import config_from_run_config, run_dir_of
@@ -126,7 +127,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     }
     try:
         result = strategy.start(
-            grid=grid,
+            grid=ProgressGrid(grid, run_dir),  # progress.json inside each round
             initial_arrays=payload_to_record(initial),
             num_rounds=fed.rounds,
             timeout=fed.round_timeout_s,
@@ -148,6 +149,10 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
                            facts, status="stopped",
                            reason=f"too few clients within their privacy budget: {exc}")
         recorder.summary(status="failed", reason=str(exc), **facts,
+                         **recorder.privacy_facts())
+        raise
+    except KeyboardInterrupt:  # SIGINT/SIGTERM (the launcher completes the summary)
+        recorder.summary(status="interrupted", reason="interrupted", **facts,
                          **recorder.privacy_facts())
         raise
     except Exception as exc:  # any other error in a round: a failed run, never a bare trace

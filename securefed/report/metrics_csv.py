@@ -6,8 +6,9 @@ key any row has, in sorted order. A cell is
 * empty where the round has no such key or its value is ``null``;
 * the number as Python prints it (shortest round-trip form, so ``float(cell)`` gives
   back the exact value), ``true`` / ``false`` for booleans, a string as is;
-* compact JSON (sorted keys) for a nested value: ``clients`` (a list), ``rejected`` and
-  ``evaluate_rejected`` (lists of ``{partition_id, node_id, reason}``), ``secure`` (survivors per stage, ...).
+* compact JSON (sorted keys) for a nested value: ``clients`` (a list), ``rejected``
+  and ``evaluate_rejected`` (lists of ``{partition_id, node_id, reason}``), ``secure``
+  (survivors per stage, ...).
   Their counts are columns of their own already (``rejected_replies``).
 
 The file is written at the end of every run (beside ``metrics.jsonl``) and by

@@ -16,6 +16,7 @@ import tomli_w
 
 from securefed.app.launcher import _flower_env, _superlink, run_simulation, stop_process_group
 from securefed.report.recorder import read_metrics
+from securefed.rundir import MANIFEST, verify_manifest
 from tests.app.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +94,13 @@ def test_plain_flwr_run_of_the_repo_app(tiny_backbones, tmp_path) -> None:
     assert len(summary["accuracy_per_round"]) == 3
 
 
-def test_ctrl_c_stops_every_flower_process(tiny_backbones, tmp_path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_every_flower_process_and_records_an_interrupted_run(
+        tiny_backbones, tmp_path, signum) -> None:
+    """Ctrl-C and SIGTERM alike: every process stopped (by the PIDs seen mid-run, the
+    SuperLink's among them), ``summary.json`` says interrupted with the last completed
+    round, ``manifest.json`` is written, the exit status is 128 + signal, and the
+    terminal shows no Flower log line or known warning."""
     # far more rounds than can finish: the interrupt must land while Flower is running
     cfg = tiny_config(tiny_backbones["bert"], tmp_path / "run", rounds=5000, num_clients=2,
                       per_round=2)
@@ -118,15 +125,28 @@ def test_ctrl_c_stops_every_flower_process(tiny_backbones, tmp_path) -> None:
             time.sleep(0.5)
         family = psutil.Process(proc.pid).children(recursive=True)
         assert family, "expected Flower processes under securefed run"
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=60)
-        assert code == 130, (code, out.read_text(errors="replace"))
+        superlink = int((tmp_path / "run" / "superlink.pid").read_text())
+        assert superlink in {p.pid for p in family}
+        proc.send_signal(signum)
+        code = proc.wait(timeout=120)
+        terminal = out.read_text(errors="replace")
+        assert code == 128 + signum, (code, terminal)
         _, alive = psutil.wait_procs(family, timeout=30)
         assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
     finally:
         if proc.poll() is None:  # never leave a 5000-round run behind: SIGTERM stops it
-            proc.terminate()  # and its Flower processes (launcher._terminate_as_interrupt)
+            proc.terminate()  # and its Flower processes (launcher.signals_as_interrupts)
             proc.wait(timeout=60)
+    name = signal.Signals(signum).name
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted", summary  # not "failed" with a Ray error
+    assert summary["reason"] == f"interrupted by {name}" and summary["method"] == "lora"
+    assert summary["last_completed_round"] == read_metrics(metrics)[-1]["round"]
+    manifest = json.loads((tmp_path / "run" / MANIFEST).read_text())
+    assert manifest["status"] == "interrupted" and verify_manifest(tmp_path / "run") == []
+    assert f"interrupted by {name}" in terminal
+    for noise in ("INFO", "FutureWarning", "fraction_evaluate", "Traceback"):
+        assert noise not in terminal, (noise, terminal)
 
 
 #: The whole privacy stack: DP-SGD clients, client-side clipping inside SecAgg+ masking,
@@ -151,6 +171,9 @@ def test_secure_modes_on_flower_simulation_engine(tiny_backbones, tmp_path, mode
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")[1:]
     assert len(rows) == 2 and all(len(r["clients"]) == 3 for r in rows)
     assert all(r["secure"]["secure"] in ("secagg+", "ckks") for r in rows)
+    log = (tmp_path / "run" / "flower.log").read_text()
+    assert "[ROUND 2/2]" in log and "fraction_evaluate" not in log  # no false warning
+    assert "FutureWarning" not in log  # known warnings silenced in Flower's processes too
     if mode == "secagg":  # malicious mode: each simulated node found its roster identity
         assert summary["secagg_adversary"] == "malicious"
         assert all(r["secure"]["secagg_survivors"]["consistency"] == 3 for r in rows)
