@@ -13,7 +13,7 @@ number comes from the code the run itself uses, never from a second formula:
   ``(clients_per_round - required replies) / clients_per_round``;
 * under ``[secure] mode = "ckks"`` the size of one encrypted update (a vector of zeros
   of the update's length encrypted under fresh keys of the configured parameters;
-  TenSEAL compresses, so real updates differ by well under 0.1 %);
+  TenSEAL compresses, so real updates differ by well under 1 %);
 * under ``[dp]`` the DP-SGD schedule of the smallest and the largest client as each
   will plan it
   (:func:`securefed.app.private_training.plan_round`: steps, sample rate, calibrated or

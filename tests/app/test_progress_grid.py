@@ -52,7 +52,8 @@ def test_progress_json_follows_the_replies_of_the_in_process_grid(tmp_path) -> N
 def test_a_dropped_node_is_missing_from_the_count_not_waited_for(tmp_path) -> None:
     app = ClientApp()
     app.train()(lambda msg, ctx: Message(RecordDict(), reply_to=msg))
-    inner = InProcessGrid(app, 3, {}, drop=lambda m: m.metadata.dst_node_id == 1001)
+    inner = InProcessGrid(app, 3, {}, drop=lambda m: m.metadata.dst_node_id == 1001,
+                          node_ids=[1000, 1001, 1002])
     replies = list(ProgressGrid(inner, tmp_path).send_and_receive(_msgs([1000, 1001, 1002])))
     assert len(replies) == 2
     assert (_read(tmp_path)["replies"], _read(tmp_path)["sent"]) == (2, 3)
