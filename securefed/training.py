@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["EvalResult", "TrainResult", "bounded_sums", "evaluate", "train_local"]
+__all__ = ["EvalResult", "TrainResult", "bounded_sums", "evaluate", "model_device", "on_device",
+           "train_local"]
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -40,6 +41,20 @@ class EvalResult:
     num_examples: int
     loss: float
     accuracy: float
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device the model's parameters live on (CPU for a model without any)."""
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def on_device(batch: Batch, device: torch.device) -> Batch:
+    """``batch`` with every tensor on ``device`` (a no-op on the CPU)."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
 
 
 def _forward(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +103,9 @@ def train_local(
     start = time.perf_counter()
     steps = seen = correct = 0
     loss_sum = 0.0
+    device = model_device(model)
     for batch in _capped(batches, max_steps):
+        batch = on_device(batch, device)
         optimizer.zero_grad(set_to_none=True)
         loss, logits = _forward(model, batch)
         if not math.isfinite(loss.item()):
@@ -119,7 +136,9 @@ def evaluate(model: nn.Module, batches: Iterable[Batch]) -> EvalResult:
     model.eval()
     seen = correct = 0
     loss_sum = 0.0
+    device = model_device(model)
     for batch in batches:
+        batch = on_device(batch, device)
         loss, logits = _forward(model, batch)
         n = int(batch["labels"].shape[0])
         seen += n
@@ -139,7 +158,9 @@ def bounded_sums(model: nn.Module, batches: Iterable[Batch], loss_bound: float) 
     """
     model.eval()
     sums = np.zeros(3)
+    device = model_device(model)
     for batch in batches:
+        batch = on_device(batch, device)
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits
         losses = nn.functional.cross_entropy(logits, batch["labels"], reduction="none")

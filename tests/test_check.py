@@ -146,6 +146,9 @@ def test_machine_checks_use_this_machines_cpus_and_gpus(monkeypatch) -> None:
     assert check_config(gpu).client_gpus == 0.5
     with pytest.raises(ConfigError, match=r"torch sees 1 here; use 0\.\.1"):
         check_config(_quickstart("resources.client_gpus=2"))
+    with pytest.raises(ConfigError, match=r"DP-SGD \(Opacus\) runs on CPU clients only"):
+        check_config(_quickstart("resources.client_gpus=0.5", "dp.mode=sample",
+                                 "federation.evaluate_clients=0"))
 
 
 def test_resources_reach_flowers_client_resources(monkeypatch, tmp_path) -> None:

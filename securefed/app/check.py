@@ -80,15 +80,12 @@ def available_cpus() -> int:
 
 
 def _check_resources(config: ExperimentConfig, engine: str) -> int | None:
-    """Ray's resources against this machine; the clients that can run at once."""
-    if engine != "simulation":
-        return None
+    """Ray's resources against this machine; the clients that can run at once.
+
+    The GPU request holds on both engines (a client with ``client_gpus > 0`` trains on
+    CUDA, :mod:`securefed.app.local`); the CPU count only concerns Ray.
+    """
     r = config.resources
-    cpus = available_cpus()
-    if r.client_cpus > cpus:
-        raise ConfigError(f"[resources] client_cpus = {r.client_cpus} (--num-cpus) exceeds "
-                          f"the {cpus} CPUs of this machine: Ray could start no client; use "
-                          f"1..{cpus}")
     if r.client_gpus > 0:
         import torch  # only here: a GPU request needs CUDA
 
@@ -97,6 +94,17 @@ def _check_resources(config: ExperimentConfig, engine: str) -> int | None:
             raise ConfigError(f"[resources] client_gpus = {r.client_gpus:g} (--num-gpus) "
                               f"needs CUDA devices, and torch sees {gpus} here; use 0"
                               + (f"..{gpus}" if gpus else " (CPU-only clients)"))
+        if config.dp.enabled:
+            raise ConfigError(f"[resources] client_gpus = {r.client_gpus:g} with [dp] mode = "
+                              f"{config.dp.mode!r}: DP-SGD (Opacus) runs on CPU clients only "
+                              "for now; use client_gpus = 0")
+    if engine != "simulation":
+        return None
+    cpus = available_cpus()
+    if r.client_cpus > cpus:
+        raise ConfigError(f"[resources] client_cpus = {r.client_cpus} (--num-cpus) exceeds "
+                          f"the {cpus} CPUs of this machine: Ray could start no client; use "
+                          f"1..{cpus}")
     return cpus // r.client_cpus
 
 

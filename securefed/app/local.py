@@ -18,8 +18,8 @@ from securefed.app.egress import client_weight
 from securefed.app.runtime import ClientData, TunedModel, client_data, tuned_model
 from securefed.app.settings import config_from_run_config, partition_id_of
 from securefed.config import ExperimentConfig
-from securefed.exceptions import PayloadError
-from securefed.training import bounded_sums, evaluate, train_local
+from securefed.exceptions import PayloadError, SecurefedError
+from securefed.training import bounded_sums, evaluate, model_device, train_local
 from strategies.records import read_payload, write_payload
 
 __all__ = ["handle_evaluate", "handle_train"]
@@ -34,12 +34,28 @@ def _threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def _place(tm: TunedModel, config: ExperimentConfig) -> None:
+    """Put the model on CUDA when ``[resources] client_gpus > 0``, else on the CPU.
+
+    Batches follow the model's device (:func:`securefed.training.on_device`); payloads
+    always leave as CPU float32 arrays (``TuningMethod.payload``).
+    """
+    device = "cuda" if config.resources.client_gpus > 0 else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SecurefedError(
+            f"[resources] client_gpus = {config.resources.client_gpus:g}, but this node's "
+            "torch sees no CUDA device; set client_gpus = 0 (CPU clients)")
+    if model_device(tm.model).type != device:
+        tm.model.to(device)
+
+
 def handle_train(msg: Message, context: Context) -> Message:
     """Train the global adapter on this client's partition and reply with it."""
     config = config_from_run_config(context.run_config)
     _threads(config.train.torch_threads)
     pid = partition_id_of(context)
     tm = tuned_model(config)
+    _place(tm, config)
     data = client_data(config, pid)
     tm.load(_global_payload(msg))
     server_round = msg.content.config_records["config"].get("server-round", 0)
@@ -75,6 +91,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     config = config_from_run_config(context.run_config)
     _threads(config.train.torch_threads)
     tm = tuned_model(config)
+    _place(tm, config)
     data = client_data(config, partition_id_of(context))
     tm.load(_global_payload(msg))
     if config.dp.enabled:  # only noised statistics may leave (securefed.app.egress)
