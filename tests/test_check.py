@@ -329,3 +329,23 @@ def test_the_launcher_runs_the_checks_for_inprocess_runs_too(tiny_backbones, tmp
     with pytest.raises(ConfigError, match="is an image backbone"):
         run_inprocess(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_dp_plan_warns_when_noise_swamps_the_signal() -> None:
+    """Reported: `--set dp.mode=sample --set dp.target_epsilon=8` on the quickstart ended
+    at 0.238, below round 0, with no hint why. The plan now says why before the run."""
+    from securefed.app.plan import NOISE_TO_SIGNAL_HINT, noise_to_signal
+
+    assert noise_to_signal(1.0, 10_000, 50.0) == pytest.approx(2.0)
+    lora = check_config(_quickstart("dp.mode=sample", "dp.target_epsilon=8",
+                                    "federation.evaluate_clients=0"))
+    assert lora.dp is not None
+    assert lora.dp["noise_to_signal_max"] > NOISE_TO_SIGNAL_HINT
+    for c in lora.dp["clients"]:
+        batch = c["sample_rate"] * c["train_examples"]
+        assert c["noise_to_signal"] == pytest.approx(
+            c["noise_multiplier"] * math.sqrt(lora.trainable_params) / batch)
+    head = check_config(_quickstart("dp.mode=sample", "dp.target_epsilon=8",
+                                    "federation.evaluate_clients=0", "method.name=head"))
+    assert head.dp is not None
+    assert head.dp["noise_to_signal_max"] < lora.dp["noise_to_signal_max"] / 5

@@ -314,7 +314,7 @@ def check_config(config: ExperimentConfig, *, engine: str = "simulation") -> Run
         payload_values=payload["payload_values"], payload_bytes=payload["payload_bytes"],
         bytes_up=int(secure.pop("bytes_up", payload["payload_bytes"])),
         bytes_down=payload["payload_bytes"], secure=secure,
-        dp=sample_dp_plan(config, train), user_dp=user_dp,
+        dp=sample_dp_plan(config, train, payload["trainable_params"]), user_dp=user_dp,
         seeds=_seeds(config))
     if len(_PLANS) >= 16:
         _PLANS.pop(next(iter(_PLANS)))

@@ -22,6 +22,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from securefed.app.plan import NOISE_TO_SIGNAL_HINT
 from securefed.config import ExperimentConfig, apply_overrides, load_config
 from securefed.exceptions import SecurefedError
 from securefed.report.console import fail
@@ -108,6 +109,12 @@ def _dp_rows(dp: dict[str, Any] | None, user: dict[str, Any] | None) -> list[tup
                  ("DP-SGD epsilon after all rounds", f"{dp['epsilon_max']:.4g} (target "
                   f"{dp['target_epsilon']:g}, budget {dp['budget_epsilon']:g}, delta "
                   f"{dp['delta']:g})")]
+        ratio = dp.get("noise_to_signal_max")
+        if ratio is not None:
+            hint = (" (above ~5 DP-SGD learns little: train fewer parameters, e.g. "
+                    "method head or bitfit, or use larger batches; docs/privacy.md)"
+                    if ratio > NOISE_TO_SIGNAL_HINT else "")
+            rows.append(("DP-SGD noise / signal per coordinate", f"{ratio:.3g}{hint}"))
         if dp["first_refused_round"] is not None:
             rows.append(("DP-SGD budget stop", f"clients refuse from round "
                                                f"{dp['first_refused_round']}"))

@@ -44,7 +44,8 @@ from securefed.registry import Registry
 if TYPE_CHECKING:
     from securefed.privacy.base import Accountant, HistoryEntry
 
-__all__ = ["SECURE_PLANS", "RunPlan", "payload_plan", "sample_dp_plan", "secure_plan",
+__all__ = ["NOISE_TO_SIGNAL_HINT", "SECURE_PLANS", "RunPlan", "noise_to_signal",
+           "payload_plan", "sample_dp_plan", "secure_plan",
            "user_dp_plan"]
 
 
@@ -227,9 +228,31 @@ def _client_schedule(config: ExperimentConfig, examples: int) -> dict[str, Any]:
             "epsilon": eps, "refused_round": refused}
 
 
-def sample_dp_plan(config: ExperimentConfig, train_sizes: Sequence[int]) -> dict[str, Any] | None:
+#: Noise-to-signal ratio above which DP-SGD is expected to learn little (see
+#: :func:`noise_to_signal`); ``securefed check`` prints a hint above it.
+NOISE_TO_SIGNAL_HINT = 5.0
+
+
+def noise_to_signal(noise_multiplier: float, trainable: int, batch: float) -> float:
+    """Per-coordinate noise of a DP-SGD step over its per-coordinate clipped signal.
+
+    The noised mean gradient is ``(sum_i clip(g_i) + N(0, sigma^2 C^2 I_d)) / B``
+    (Abadi et al. 2016, Algorithm 1). With every example's gradient clipped to norm
+    ``C`` and spread over ``d`` coordinates, a coordinate's signal is at most about
+    ``C / sqrt(d)`` while its noise has standard deviation ``sigma C / B``, so the ratio
+    is ``sigma sqrt(d) / B``: the noise grows with the square root of the trainable
+    parameters, the signal does not (the dimension dependence of DP-SGD's utility,
+    Bassily, Smith and Thakurta 2014). Adam-type optimisers normalise each coordinate,
+    so above a few units every step is mostly noise.
+    """
+    return noise_multiplier * math.sqrt(max(trainable, 1)) / max(batch, 1e-12)
+
+
+def sample_dp_plan(config: ExperimentConfig, train_sizes: Sequence[int],
+                   trainable: int = 0) -> dict[str, Any] | None:
     """DP-SGD sigma and epsilon after ``rounds`` rounds of the smallest and the largest
-    client (``None`` without ``[dp]``).
+    client (``None`` without ``[dp]``), with each one's :func:`noise_to_signal` for
+    ``trainable`` parameters (0: not computed).
 
     Every client calibrates its own sigma from its own example count (a calibration
     takes seconds), so the plan computes the two ends of the range: the client with
@@ -252,6 +275,10 @@ def sample_dp_plan(config: ExperimentConfig, train_sizes: Sequence[int]) -> dict
                    max(range(len(train_sizes)), key=lambda i: train_sizes[i])},
                   key=lambda i: train_sizes[i])
     clients = [{"partition_id": i, **_client_schedule(config, train_sizes[i])} for i in ends]
+    for c in clients:
+        batch = c["sample_rate"] * c["train_examples"]  # expected Poisson batch
+        c["noise_to_signal"] = (noise_to_signal(c["noise_multiplier"], trainable, batch)
+                                if trainable else None)
     sigmas = [c["noise_multiplier"] for c in clients]
     refused = [c["refused_round"] for c in clients if c["refused_round"] is not None]
     return {"level": "sample", "accountant": dp.accountant, "delta": dp.delta,
@@ -259,7 +286,9 @@ def sample_dp_plan(config: ExperimentConfig, train_sizes: Sequence[int]) -> dict
             "calibrated": not dp.noise_multiplier, "max_grad_norm": dp.max_grad_norm,
             "noise_multiplier_min": min(sigmas), "noise_multiplier_max": max(sigmas),
             "epsilon_max": max(c["epsilon"] for c in clients),
-            "first_refused_round": min(refused, default=None), "clients": clients}
+            "first_refused_round": min(refused, default=None), "clients": clients,
+            "noise_to_signal_max": max((c["noise_to_signal"] or 0.0 for c in clients),
+                                       default=0.0) or None}
 
 
 def user_dp_plan(config: ExperimentConfig) -> dict[str, Any] | None:
