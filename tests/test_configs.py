@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from securefed.config import ExperimentConfig, load_config
+from securefed.config import ExperimentConfig, apply_overrides, load_config
 from securefed.privacy.accountants import BUDGET_ACCOUNTANTS
 from securefed.privacy.calibration import calibrate_noise
 
@@ -71,6 +71,8 @@ def test_secagg_defends_against_a_malicious_server_and_is_exact() -> None:
     # The server must be able to compute the exact mean from the sum alone.
     assert not lora_like or cfg.federation.payload_form == "dense"
     assert not cfg.secure.allow_inexact
+    # The header's CKKS variant is one --set away and valid as it stands.
+    assert apply_overrides(cfg, ["secure.mode=ckks"]).secure.mode == "ckks"
 
 
 def _dp_sigma(cfg: ExperimentConfig, train_examples: int) -> tuple[float, float]:
@@ -97,6 +99,7 @@ def test_dp_sample_is_accountable_and_its_noise_is_not_swamping() -> None:
     # noise in almost every coordinate. The recipe keeps the trainable vector small
     # and the noise on the mean gradient low for a typical client (~150 examples).
     assert cfg.method.name == "head"
+    assert cfg.train.lr >= 0.1  # the pooler's features are tiny: 5e-3 and 5e-2 did not learn
     _, noise_std = _dp_sigma(cfg, 150)
     quickstart = ExperimentConfig.from_dict(
         {**load_config(CONFIGS / "quickstart.toml").to_dict(),
