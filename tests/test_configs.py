@@ -120,3 +120,22 @@ def test_user_dp_samples_many_clients_and_is_accountable() -> None:
     # The noise on the mean is z C / m: it needs many clients a round to be useful.
     assert cfg.federation.clients_per_round >= 20
     assert cfg.federation.evaluate_clients == 0
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=[p.stem for p in ALL_FILES])
+def test_every_config_passes_securefed_check(path: Path) -> None:
+    """`securefed check` on every file in configs/: all of a run's checks and its plan,
+    exit status 0, with no Flower process started."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from securefed.cli import app
+
+    res = CliRunner().invoke(app, ["check", str(path), "--engine", "inprocess", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    plan = doc["plan"]
+    assert plan["rounds"] == doc["config"]["federation"]["rounds"]
+    assert plan["bytes_up"] > 0
+    assert min(plan["train_sizes"]) > 0
