@@ -20,7 +20,6 @@ is where it will go.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from securefed.exceptions import SecurefedError
+from securefed.files import read_json_object, sha256_file, write_json_atomic
 
 __all__ = ["MANIFEST", "PROGRESS", "RunDirError", "is_run_dir", "last_completed_round",
            "mark_interrupted", "prepare_run_dir", "securefed_version", "verify_manifest",
@@ -59,21 +59,6 @@ def securefed_version() -> str:
         return "unknown"
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` so that a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` looks like a folder a securefed run wrote.
 
@@ -85,7 +70,7 @@ def is_run_dir(path: Path) -> bool:
     """
     if (path / ".git").exists():
         return False
-    manifest = _read_json(path / MANIFEST)
+    manifest = read_json_object(path / MANIFEST)
     if manifest is not None and "securefed_version" in manifest:
         return True
     try:
@@ -151,14 +136,6 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False, resume: bool = Fa
 
 
 # ------------------------------------------------------------------ manifest
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(run_dir: Path) -> list[Path]:
     """Every regular file under ``run_dir`` but the manifest, sorted by relative path."""
     out = []
@@ -175,7 +152,7 @@ def _files(run_dir: Path) -> list[Path]:
 
 
 def _status(run_dir: Path) -> str:
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_json_object(run_dir / "summary.json")
     status = summary.get("status") if summary else None
     return str(status) if status else "failed"
 
@@ -198,7 +175,7 @@ def write_manifest(run_dir: Path, status: str | None = None) -> dict[str, Any]:
         listed.
     """
     files = [{"path": p.relative_to(run_dir).as_posix(), "size": p.stat().st_size,
-              "sha256": _sha256(p)} for p in _files(run_dir)]
+              "sha256": sha256_file(p)} for p in _files(run_dir)]
     manifest = {"securefed_version": securefed_version(),
                 "status": status or _status(run_dir), "files": files}
     write_json_atomic(run_dir / MANIFEST, manifest)
@@ -211,7 +188,7 @@ def verify_manifest(run_dir: Path) -> list[str]:
     Each item is one line: a listed file that is missing or whose size or hash
     differs, or a file that is present but not listed.
     """
-    manifest = _read_json(run_dir / MANIFEST)
+    manifest = read_json_object(run_dir / MANIFEST)
     if manifest is None:
         return [f"{MANIFEST} is missing or unreadable"]
     listed = {f["path"]: f for f in manifest.get("files", [])}
@@ -220,7 +197,7 @@ def verify_manifest(run_dir: Path) -> list[str]:
     problems += [f"{rel}: not in the manifest" for rel in sorted(set(present) - set(listed))]
     for rel in sorted(set(listed) & set(present)):
         path, entry = present[rel], listed[rel]
-        if path.stat().st_size != entry["size"] or _sha256(path) != entry["sha256"]:
+        if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
             problems.append(f"{rel}: changed since the run wrote it")
     return problems
 
@@ -297,7 +274,7 @@ def mark_interrupted(run_dir: Path, signum: int) -> dict[str, Any] | None:
     from securefed.report.recorder import SUMMARY_KEYS
 
     path = run_dir / "summary.json"
-    old = _read_json(path)
+    old = read_json_object(path)
     if old is not None and old.get("status") in _ENDED:
         return None
     summary = dict(old) if old is not None else _facts_from_files(run_dir)

@@ -34,7 +34,6 @@ Results obtained with this alias should say so.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -52,6 +51,8 @@ from securefed.models._hf import IMAGENET_MEAN, IMAGENET_STD, quiet_transformers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+from securefed.files import sha256_file  # re-exported: the cache records it
 
 __all__ = [
     "CHECKSUM_FILE",
@@ -196,15 +197,6 @@ def _build_model(state: dict[str, np.ndarray], onnx_path: Path) -> PreTrainedMod
     }
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def convert_dinov2_onnx(onnx_path: Path, folder: Path) -> Path:

@@ -19,7 +19,6 @@ and, once the rounds are over, the last accuracy and the upload per client.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -30,18 +29,11 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from securefed.files import read_json_object
 from securefed.report.recorder import read_metrics
 from securefed.rundir import PROGRESS
 
 __all__ = ["describe", "eta_seconds", "round_progress"]
-
-
-def _read_progress(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -118,7 +110,7 @@ def round_progress(run_dir: Path, rounds: int, *, console: Console | None = None
         rows = _read_rows(run_dir / "metrics.jsonl")
         done = len([r for r in rows if r.get("round", 0) > 0])
         progress.update(task, completed=min(done, rounds),
-                        description=describe(rows, rounds, _read_progress(
+                        description=describe(rows, rounds, read_json_object(
                             run_dir / PROGRESS)))
 
     def follow() -> None:
